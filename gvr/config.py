@@ -1,0 +1,458 @@
+"""Typed params: one dataclass per params.yaml section, strict loading, profiles and overrides.
+
+`load_params(path, profile=None, overrides=())` reads params.yaml, applies the profile named by
+`profile` (or the file's top-level `profile:` key), then each `section.key=value` override, and
+validates the result: an unknown key, a wrong type or an out-of-range value raises ConfigError
+naming the dotted key path. Ranges and choices live next to each field (`param(...)`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from gvr.errors import ConfigError
+
+
+def param(default: Any = dataclasses.MISSING, *, ge=None, le=None, gt=None, lt=None, choices=None,
+          default_factory: Any = dataclasses.MISSING):
+    """A dataclass field with range/choice checks applied at load time."""
+    meta = {k: v for k, v in dict(ge=ge, le=le, gt=gt, lt=lt, choices=choices).items() if v is not None}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StorageParams:
+    """Where stage artifacts live: a local directory or an s3:// prefix."""
+
+    root: str = "data"
+    s3_endpoint_url: str | None = None  # also read from AWS_ENDPOINT_URL; None = AWS default
+    s3_connect_timeout_s: float = param(10.0, gt=0)
+    s3_retries: int = param(3, ge=0, le=20)
+
+
+@dataclass
+class TrackingParams:
+    """MLflow tracking and registry names."""
+
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the workspace
+    experiment: str = "gvr"
+    registered_model: str = "gvr"
+    champion_alias: str = "champion"
+
+
+@dataclass
+class OrchestrationParams:
+    """Prefect flow and deployment names, task retries."""
+
+    flow_name: str = "gvr"
+    deployment: str = "full-pipeline"
+    retries: int = param(2, ge=0, le=10)
+    retry_delay_s: float = param(30.0, ge=0)
+    use_dvc: bool = True  # False: run the stage commands directly (object-store roots)
+
+
+@dataclass
+class ComputeParams:
+    """Devices, precision and data-parallel workers."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = param("bfloat16", choices=["float32", "bfloat16", "float16"])
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance
+    workers: int = param(0, ge=0)  # parallel workers for data stages; 0 = one per CPU core
+    use_ray: bool = True
+    seed: int = param(0, ge=0)
+
+
+@dataclass
+class CurateParams:
+    """Curation filters (paper §4.1.1): brightness, Laplacian variance, MUSIQ, length."""
+
+    input: str = "data/raw"  # directory or s3:// prefix of raw videos
+    extensions: list[str] = param([".mp4", ".mov", ".mkv", ".webm", ".avi"])
+    sample_frames: int = param(10, ge=1, le=1000)
+    min_frames: int = param(77, ge=1)
+    min_brightness: float = param(20.0, ge=0, le=255)
+    max_brightness: float = param(235.0, ge=0, le=255)
+    min_laplacian_var: float = param(30.0, ge=0)
+    min_musiq: float = param(40.0, ge=0, le=100)
+    musiq: bool = True  # False: skip the MUSIQ filter (no IQA weights available)
+    musiq_weights: str | None = None  # local path to MUSIQ weights; None = pyiqa's cache
+
+
+@dataclass
+class PairSetParams:
+    """One set of training pairs (one per training stage)."""
+
+    frames: int = param(17, ge=1)
+    clips_per_video: int = param(1, ge=1)
+    methods: list[str] = param(["resize"])
+
+
+@dataclass
+class DegradeParams:
+    """HR/LR pair synthesis and one-off latent encoding."""
+
+    hr_size: list[int] = param([1088, 1920])  # (H, W) of HR clips, multiples of 16
+    lr_size: list[int] = param([384, 672])  # (H, W) of LR clips, multiples of 8
+    holdout_fraction: float = param(0.1, ge=0, lt=1)  # accepted videos kept out of training for evaluate
+    min_holdout: int = param(1, ge=0)
+    sets: dict[str, PairSetParams] = param(default_factory=lambda: {
+        "stage1": PairSetParams(frames=17, methods=["second_order"]),
+        "stage2": PairSetParams(frames=17, methods=["flow", "model_guided"]),
+        "stage3": PairSetParams(frames=77, methods=["second_order", "flow", "model_guided"]),
+    })
+    model_guided_alpha: list[float] = param([0.3, 0.4])
+    shard_size: int = param(64, ge=1)  # pairs per shard file
+
+
+@dataclass
+class CodecParams:
+    """The video latent codec (3D VAE) shared by every stage."""
+
+    kind: str = param("wan", choices=["tiny", "wan", "cogvideox", "hunyuan"])
+    path: str | None = None  # local directory of weights; None for kind=tiny (deterministic init)
+    channels: int = param(16, ge=1)
+
+
+@dataclass
+class TextParams:
+    """The text encoder (T5 family) for captions."""
+
+    kind: str = param("t5", choices=["none", "t5"])  # none: every prompt is the null prompt
+    path: str | None = None
+    dim: int = param(4096, ge=1)
+    max_length: int = param(512, ge=1)
+
+
+@dataclass
+class ModelParams:
+    """SimpleGVR architecture: a preset name plus optional overrides (null = the preset's value)."""
+
+    preset: str = "gvr-1b"
+    init: str | None = None  # pretrained T2V weights to start stage 1 from
+
+
+@dataclass
+class StageParams:
+    """One training stage."""
+
+    iterations: int = param(1000, ge=1)
+    frames: int = param(17, ge=1)
+    pairs: list[str] = param(["stage1"])  # pair sets this stage trains on
+    attention: str | None = None  # override of the model's 3D attention kind for this stage
+
+
+@dataclass
+class TrainParams:
+    """DeepSpeed training shared by the three stages (paper §4.1.4)."""
+
+    lr: float = param(5e-5, gt=0)
+    weight_decay: float = param(0.0, ge=0)
+    betas: list[float] = param([0.9, 0.999])
+    global_batch: int = param(32, ge=1)
+    micro_batch: int = param(1, ge=1)
+    null_prompt_prob: float = param(0.1, ge=0, le=1)
+    noise_aug: list[float] = param([0.3, 0.6])  # LR noise-augmentation level t_c ~ U[a, b]
+    timestep_sampler: str = param("detail_aware", choices=["uniform", "detail_aware"])
+    grad_clip: float = param(1.0, ge=0)
+    zero_stage: int = param(2, ge=0, le=3)
+    warmup_steps: int = param(0, ge=0)
+    log_every: int = param(10, ge=1)
+    checkpoint_every: int = param(1000, ge=1)
+    seed: int = param(0, ge=0)
+    stages: dict[str, StageParams] = param(default_factory=lambda: {
+        "stage1": StageParams(iterations=20000, frames=17, pairs=["stage1"]),
+        "stage2": StageParams(iterations=10000, frames=17, pairs=["stage1", "stage2"]),
+        "stage3": StageParams(iterations=5000, frames=77, pairs=["stage1", "stage2", "stage3"],
+                              attention="temporal_unit"),
+    })
+
+
+@dataclass
+class SamplerParams:
+    """Detail-aware timestep distribution derivation (paper §3.4)."""
+
+    clips: int = param(200, ge=1)
+    steps: int = param(50, ge=2)
+    bins: int = param(1000, ge=2)
+    high_freq_cutoff: float = param(0.5, gt=0, lt=1)
+
+
+@dataclass
+class EvaluateParams:
+    """Held-out evaluation: sampling, metrics, baselines."""
+
+    steps: int = param(50, ge=1)
+    noise_aug: float = param(0.3, ge=0, le=1)  # fixed LR noise level at inference
+    guidance: float = param(1.0, ge=0)  # classifier-free guidance scale; 1 = off
+    max_clips: int = param(100, ge=1)
+    metrics: list[str] = param(["psnr", "ssim"])
+    baselines: list[str] = param(["bilinear"])
+    seed: int = param(0, ge=0)
+
+
+@dataclass
+class RegisterParams:
+    """Model registry promotion rule: alias moves when `metric` beats the champion by `min_delta`."""
+
+    metric: str = "psnr"
+    mode: str = param("max", choices=["max", "min"])
+    min_delta: float = 0.0
+    require_beats_baseline: bool = True
+
+
+@dataclass
+class UpscaleParams:
+    """Batch upscaling defaults."""
+
+    steps: int = param(50, ge=1)
+    noise_aug: float = param(0.3, ge=0, le=1)
+    guidance: float = param(1.0, ge=0)
+    fps: float = param(16.0, gt=0)
+    seed: int = param(0, ge=0)
+
+
+@dataclass
+class Params:
+    """All of params.yaml."""
+
+    profile: str | None = None
+    storage: StorageParams = field(default_factory=StorageParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+    orchestration: OrchestrationParams = field(default_factory=OrchestrationParams)
+    compute: ComputeParams = field(default_factory=ComputeParams)
+    curate: CurateParams = field(default_factory=CurateParams)
+    degrade: DegradeParams = field(default_factory=DegradeParams)
+    codec: CodecParams = field(default_factory=CodecParams)
+    text: TextParams = field(default_factory=TextParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    sampler: SamplerParams = field(default_factory=SamplerParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+    upscale: UpscaleParams = field(default_factory=UpscaleParams)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view (for logging and for embedding in checkpoints)."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against annotation `tp`, converting where lossless (int -> float, list -> dataclass)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:  # NaN
+                raise ConfigError(f"{path}: NaN is not allowed")
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str) -> None:
+    if value is None:
+        return
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if "choices" in meta and v not in meta["choices"]:
+            raise ConfigError(f"{path}: {v!r} is not one of {list(meta['choices'])}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        for key, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                              ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+            if key in meta and not ok(v, meta[key]):
+                raise ConfigError(f"{path}: {v!r} is out of range (must be {word} {meta[key]})")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'params'}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{key_path}: unknown key (known keys here: {known})")
+        kwargs[key] = _coerce(value, hints[key], key_path)
+        _check_range(kwargs[key], fields[key].metadata, key_path)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(path)
+    return obj
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {k} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `section.key=value`; the value is parsed as YAML (numbers, lists, null, true/false)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or "." not in key and key != "profile":
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def resolve_dict(raw: dict[str, Any], profile: str | None = None,
+                 overrides: typing.Iterable[str] = ()) -> dict[str, Any]:
+    """Apply profile and overrides to raw params data; no validation."""
+    data = copy.deepcopy(raw)
+    parsed = [parse_override(o) for o in overrides]
+    for key, value in parsed:  # a --set profile=... picks the profile too
+        if key == "profile":
+            profile = value
+    profile = profile if profile is not None else data.get("profile")
+    if profile:
+        profiles = data.get("profiles") or {}
+        if profile not in profiles:
+            raise ConfigError(f"profile: unknown profile {profile!r} (defined: {', '.join(sorted(profiles)) or 'none'})")
+        data = _deep_merge(data, profiles[profile] or {})
+        data["profile"] = profile
+    for key, value in parsed:
+        if key != "profile":
+            _set_dotted(data, key, value)
+    return data
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_params_file() -> Path | None:
+    """params.yaml in the working directory, else the one at the project root, else None."""
+    for candidate in (Path.cwd() / "params.yaml", PROJECT_ROOT / "params.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_params(path: str | Path | None = None, profile: str | None = None,
+                overrides: typing.Iterable[str] = ()) -> Params:
+    """Load params.yaml, apply profile and overrides, validate.
+
+    `path=None` looks for params.yaml in the working directory, then at the project root, and falls
+    back to the dataclass defaults (paper scale, no profiles) when neither exists.
+    """
+    path = Path(path) if path is not None else find_params_file()
+    raw = read_params_file(path) if path is not None else {}
+    data = resolve_dict(raw, profile, overrides)
+    return _build(Params, data, "")
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """Read a params YAML file into plain data, with one clear error if it is missing or malformed."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def params_from_json(text: str) -> Params:
+    """Rebuild Params from the JSON embedded in a checkpoint or model artifact."""
+    return _build(Params, json.loads(text), "")

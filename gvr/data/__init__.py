@@ -1,0 +1,1 @@
+"""Curation, manifests, latent shards and loaders."""

@@ -1,0 +1,1 @@
+"""Degradations that turn HR clips into LR inputs."""

@@ -1,0 +1,1 @@
+"""Rectified flow: noising, loss, Euler sampling, timestep distributions."""

@@ -1,0 +1,1 @@
+"""Metrics, evaluation runner, baselines and plots."""

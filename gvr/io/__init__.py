@@ -1,0 +1,1 @@
+"""Video and storage I/O: PyAV decode/encode, fsspec paths, atomic writes."""

@@ -1,0 +1,1 @@
+"""DeepSpeed training stages, checkpoints and export."""
