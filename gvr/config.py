@@ -156,8 +156,22 @@ class StageParams:
 
     iterations: int = param(1000, ge=1)
     frames: int = param(17, ge=1)
-    pairs: list[str] = param(["stage1"])  # pair sets this stage trains on
+    pairs: list[str] = param(["stage1"])  # pair sets this stage trains on (those with `frames` frames)
     attention: str | None = None  # override of the model's 3D attention kind for this stage
+    sampler: str = param("detail_aware", choices=["uniform", "detail_aware"])  # training timesteps
+
+
+@dataclass
+class LauncherParams:
+    """How `gvr train` spreads over GPUs: the deepspeed launcher for >1 GPU or >1 node."""
+
+    num_nodes: int = param(2, ge=1)
+    gpus_per_node: int = param(8, ge=0)  # 0: CPU (gloo)
+    hostfile: str | None = "infra/deepspeed/hostfile"
+    master_addr: str | None = None
+    master_port: int = param(29500, ge=1, le=65535)
+    no_ssh: bool = False  # Kubernetes style: each node runs `gvr train` itself with node_rank
+    node_rank: int = param(0, ge=0)
 
 
 @dataclass
@@ -171,7 +185,6 @@ class TrainParams:
     micro_batch: int = param(1, ge=1)
     null_prompt_prob: float = param(0.1, ge=0, le=1)
     noise_aug: list[float] = param([0.3, 0.6])  # LR noise-augmentation level t_c ~ U[a, b]
-    timestep_sampler: str = param("detail_aware", choices=["uniform", "detail_aware"])
     grad_clip: float = param(1.0, ge=0)
     zero_stage: int = param(2, ge=0, le=3)
     warmup_steps: int = param(0, ge=0)
@@ -179,11 +192,13 @@ class TrainParams:
     checkpoint_every: int = param(1000, ge=1)
     seed: int = param(0, ge=0)
     stages: dict[str, StageParams] = param(default_factory=lambda: {
-        "stage1": StageParams(iterations=20000, frames=17, pairs=["stage1"]),
+        # Stage 1 is the uniform-trained model the detail-aware distribution is derived from.
+        "stage1": StageParams(iterations=20000, frames=17, pairs=["stage1"], sampler="uniform"),
         "stage2": StageParams(iterations=10000, frames=17, pairs=["stage1", "stage2"]),
-        "stage3": StageParams(iterations=5000, frames=77, pairs=["stage1", "stage2", "stage3"],
-                              attention="temporal_unit"),
+        "stage3": StageParams(iterations=5000, frames=77, pairs=["stage3"], attention="temporal_unit"),
     })
+    launcher: LauncherParams = field(default_factory=lambda: LauncherParams())
+    loader_workers: int = param(2, ge=0)
 
 
 @dataclass

@@ -1,0 +1,91 @@
+"""`gvr train`: run one stage in this process, or re-launch it through the deepspeed launcher.
+
+One GPU or CPU: the stage runs here (a world of one, still through DeepSpeed's engine).
+Several GPUs or nodes (`train.launcher`): the resolved params are written next to the stage's
+checkpoints and `deepspeed [--hostfile H | --no_ssh --node_rank R] --module gvr.cli train ...`
+starts one process per GPU; each of them lands in `run_stage` below. Multi-node runs need
+`storage.root` and the workspace on storage every node sees (NFS, or s3:// for the root).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from gvr.config import Params
+from gvr.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def inside_launcher() -> bool:
+    """True when a distributed launcher (deepspeed, torchrun) started this process."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def needs_launcher(params: Params) -> bool:
+    launcher = params.train.launcher
+    return not inside_launcher() and (launcher.num_nodes > 1 or launcher.gpus_per_node > 1)
+
+
+def write_resolved_params(params: Params, stage: str) -> Path:
+    """Params with profile and overrides already applied, for the launched ranks to load as-is."""
+    data = params.to_dict()
+    data["profile"], data["profiles"] = None, {}
+    path = Path(".gvr") / f"params-{stage}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def launcher_command(params: Params, stage: str, params_file: Path, resume: bool) -> list[str]:
+    """The deepspeed launcher command line for this stage."""
+    launcher = params.train.launcher
+    exe = shutil.which("deepspeed")
+    if exe is None:
+        raise ConfigError("train.launcher asks for several GPUs/nodes but the `deepspeed` launcher is not "
+                          "installed (pip install 'gvr[train]')")
+    cmd = [exe, "--master_port", str(launcher.master_port)]
+    if launcher.num_nodes > 1 and not launcher.no_ssh:
+        if not launcher.hostfile or not Path(launcher.hostfile).is_file():
+            raise ConfigError(f"train.launcher.hostfile: {launcher.hostfile!r} not found (needed for "
+                              f"{launcher.num_nodes} nodes)")
+        cmd += ["--hostfile", launcher.hostfile, "--num_nodes", str(launcher.num_nodes)]
+    else:
+        cmd += ["--num_nodes", "1" if not launcher.no_ssh else str(launcher.num_nodes)]
+    if launcher.no_ssh:
+        if not launcher.master_addr:
+            raise ConfigError("train.launcher.master_addr is required with train.launcher.no_ssh")
+        cmd += ["--no_ssh", "--node_rank", str(launcher.node_rank)]
+    if launcher.master_addr:
+        cmd += ["--master_addr", launcher.master_addr]
+    if launcher.gpus_per_node:
+        cmd += ["--num_gpus", str(launcher.gpus_per_node)]
+    cmd += ["--module", "gvr.cli", "train", "--stage", stage, "--params", str(params_file)]
+    if not resume:
+        cmd.append("--no-resume")
+    return cmd
+
+
+def train(params: Params, stage: str, *, resume: bool = True) -> None:
+    """Train `stage` here or through the launcher, per `train.launcher`."""
+    if stage not in params.train.stages:
+        raise ConfigError(f"train.stages: no stage named {stage!r} (have: {', '.join(params.train.stages)})")
+    if needs_launcher(params):
+        cmd = launcher_command(params, stage, write_resolved_params(params, stage), resume)
+        log.info("launching: %s", " ".join(cmd))
+        rc = subprocess.call(cmd)
+        if rc:
+            sys.exit(rc)
+        return
+    from gvr.train.trainer import run_stage
+
+    run_stage(params, stage, resume=resume)

@@ -1,0 +1,225 @@
+"""One training stage through DeepSpeed's engine: data, init, loop, checkpoints, export.
+
+Stage order and inits (paper §4.1.4): stage 1 starts from `model.init` (a pretrained T2V model,
+e.g. Wan2.1-1.3B through the importer) or from scratch; every later stage starts from the
+previous stage's export. The timestep distribution per stage is `train.stages.<s>.sampler`;
+stage 3 switches the 3D attention to interleaving temporal units (`attention`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from gvr.config import Params
+from gvr.errors import ConfigError, InputError
+from gvr.layout import Layout
+from gvr.runtime import init_distributed, pick_device, seed_everything, torch_dtype
+
+log = logging.getLogger(__name__)
+
+
+def previous_stage(params: Params, stage: str) -> str | None:
+    names = list(params.train.stages)
+    i = names.index(stage)
+    return names[i - 1] if i else None
+
+
+def fingerprint(params: Params, stage: str, data_ids: list[str]) -> str:
+    """Identity of a stage's run: checkpoints from a run with other params or data are not resumed."""
+    blob = json.dumps({"train": params.to_dict()["train"], "model": params.to_dict()["model"],
+                       "stage": stage, "data": sorted(data_ids)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_stage_model(params: Params, stage: str, device: torch.device):
+    """The model a stage starts from."""
+    from gvr.models.dit import SimpleGVR
+    from gvr.models.presets import build_model, resolve
+
+    prev = previous_stage(params, stage)
+    if prev is not None:
+        src = Layout.of(params).model(prev)
+        log.info("%s starts from the %s export %s", stage, prev, src)
+        model = SimpleGVR.from_pretrained(_local_dir(params, src), device=device)
+    elif params.model.init:
+        from gvr.models.presets import load_init
+
+        model = load_init(params.model, device=device)
+    else:
+        model = build_model(resolve(params.model)).to(device)
+    kind = params.train.stages[stage].attention
+    if kind:
+        model.set_attention(kind)
+    return model
+
+
+def _local_dir(params: Params, path: str) -> str:
+    from gvr.io.storage import local_dir
+
+    return local_dir(path, params.storage)
+
+
+def _timestep_sampler(params: Params, stage: str):
+    from gvr.diffusion.timesteps import DetailAwareSampler, UniformSampler
+
+    if params.train.stages[stage].sampler == "uniform":
+        return UniformSampler()
+    path = Layout.of(params).sampler_file
+    from gvr.io.storage import exists
+
+    if not exists(path, params.storage):
+        raise InputError(f"{path}: detail-aware timestep distribution not found; run `gvr derive-sampler` "
+                         f"first or set train.stages.{stage}.sampler=uniform")
+    from gvr.io.storage import local_copy
+
+    with local_copy(path, params.storage) as local:
+        return DetailAwareSampler.load(local)
+
+
+def _cycle(loader: DataLoader, sampler: DistributedSampler) -> Iterator[dict]:
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _checkpoint_dir(params: Params, stage: str) -> Path:
+    root = Layout.of(params).checkpoints(stage)
+    if "://" in root:  # DeepSpeed writes to a filesystem; object-store roots checkpoint locally
+        return Path(".gvr") / "checkpoints" / stage
+    return Path(root)
+
+
+def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
+    """Train `stage` on this rank; rank 0 exports the model. Returns the export path."""
+    import deepspeed
+
+    from gvr import tracking
+    from gvr.data.shards import LatentPairDataset
+    from gvr.diffusion.flow_matching import training_loss
+    from gvr.train.deepspeed_config import deepspeed_config
+
+    sp, tp = params.train.stages[stage], params.train
+    layout = Layout.of(params)
+    device = pick_device(params.compute.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    rank, world = init_distributed(device)
+    seed_everything(tp.seed + rank)
+
+    # 1. data: the stage's pair sets at the stage's frame count
+    dataset = LatentPairDataset.from_sets(layout, sp.pairs, frames=sp.frames, storage=params.storage)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=tp.seed)
+    loader = DataLoader(dataset, batch_size=tp.micro_batch, sampler=sampler, drop_last=True,
+                        num_workers=tp.loader_workers if len(dataset) > 1 else 0,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+    if len(loader) == 0:
+        raise InputError(f"train {stage}: {len(dataset)} pairs is fewer than one micro batch of "
+                         f"{tp.micro_batch} per rank x {world} ranks")
+    null_text, null_mask = dataset.null_text(device)
+
+    # 2. model and engine
+    model = build_stage_model(params, stage, device)
+    if model.cfg.text_dim != dataset.text_dim:
+        raise ConfigError(f"model text dim {model.cfg.text_dim} != text embeddings in the pairs "
+                          f"({dataset.text_dim}); check model.* and text.dim")
+    ds_cfg = deepspeed_config(tp, world_size=world, cuda=device.type == "cuda", dtype=params.compute.dtype)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
+                                                                           if p.requires_grad],
+                                           config=ds_cfg)
+    dtype = torch_dtype(params.compute.dtype, device)
+    t_sampler = _timestep_sampler(params, stage)
+
+    # 3. resume
+    ckpt_dir = _checkpoint_dir(params, stage)
+    fp = fingerprint(params, stage, dataset.ids)
+    if resume and (ckpt_dir / "latest").is_file():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        if client and client.get("fingerprint") == fp:
+            log.info("%s: resumed at step %d from %s", stage, engine.global_steps, ckpt_dir)
+        else:
+            log.warning("%s: checkpoints in %s come from other params/data; starting over", stage, ckpt_dir)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            engine, _, _, _ = deepspeed.initialize(model=build_stage_model(params, stage, device),
+                                                   config=ds_cfg)
+    elif not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    # 4. loop
+    gen = torch.Generator(device=device).manual_seed(tp.seed * 1000 + rank + engine.global_steps)
+    batches = _cycle(loader, sampler)
+    with tracking.stage_run(params, f"train-{stage}") as run:
+        if rank == 0:
+            tracking.log_params({"train.stage": stage, "train.world_size": world,
+                                 "train.pairs": len(dataset), "train.fingerprint": fp})
+        progress = _progress(rank, stage, sp.iterations, engine.global_steps)
+        window, t0, samples = [], time.perf_counter(), 0
+        while engine.global_steps < sp.iterations:
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss, _ = training_loss(engine, batch["z0"], batch["c0"], batch["text"], batch["text_mask"],
+                                        null_text=null_text, null_mask=null_mask, t_sampler=t_sampler,
+                                        noise_aug=tuple(tp.noise_aug), null_prompt_prob=tp.null_prompt_prob,
+                                        generator=gen)
+            if not math.isfinite(loss.item()):
+                raise InputError(f"train {stage}: loss became {loss.item()} at step {engine.global_steps}; "
+                                 "check the data (NaN latents) or lower train.lr")
+            engine.backward(loss)
+            stepped = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            window.append(loss.item())
+            samples += batch["z0"].shape[0] * world
+            if not stepped:
+                continue
+            step = engine.global_steps
+            progress.update(1)
+            if step % tp.log_every == 0 or step == sp.iterations:
+                dt = time.perf_counter() - t0
+                metrics = {"loss": sum(window) / len(window), "lr": engine.get_lr()[0],
+                           "samples_per_s": samples / dt, "s_per_step": dt / tp.log_every}
+                progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if rank == 0:
+                    tracking.log_metrics(metrics, step=step)
+                window, t0, samples = [], time.perf_counter(), 0
+            if step % tp.checkpoint_every == 0 and step < sp.iterations:
+                engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"fingerprint": fp})
+        progress.close()
+
+        # 5. export (rank 0) and a final checkpoint so a rerun with the same params is a no-op
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{engine.global_steps}", client_state={"fingerprint": fp})
+        out = layout.model(stage)
+        if rank == 0:
+            export(engine.module, params, stage, out, dataset)
+            tracking.log_metrics({"final_step": engine.global_steps})
+            log.info("%s: exported %s (run %s)", stage, out, getattr(run, "info", None) and run.info.run_id)
+    if world > 1:
+        torch.distributed.barrier()
+    return out
+
+
+def _progress(rank: int, stage: str, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"train {stage}", unit="step", disable=rank != 0,
+                dynamic_ncols=True)
+
+
+def export(model, params: Params, stage: str, out: str, dataset) -> None:
+    """Write model.safetensors + config.json (full params, codec, text encoder, sampler) atomically."""
+    from gvr.io.storage import atomic_dir
+
+    extra = {"params": params.to_dict(), "stage": stage, "codec": params.to_dict()["codec"],
+             "text": params.to_dict()["text"], "pairs": dataset.describe()}
+    with atomic_dir(out, params.storage) as tmp:
+        model.save_pretrained(tmp, extra=extra)
