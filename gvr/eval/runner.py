@@ -1,0 +1,170 @@
+"""Held-out evaluation: sample HR latents, decode, score against references and baselines.
+
+For each clip of the held-out pair set (`degrade.sets` with `split: holdout`):
+- model: the pipeline samples an HR latent from the stored LR latent (`evaluate.steps` Euler steps,
+  fixed LR noise level `evaluate.noise_aug`), then the codec decodes it;
+- codec ceiling: the codec's own reconstruction of the HR reference (what a perfect latent gives);
+- baselines: `bilinear` upsamples the LR clip in pixel space to the HR size.
+Outputs under `{root}/eval/`: metrics.json (flat, for DVC and the promotion rule), per_clip.csv,
+a per-clip PSNR plot, and side-by-side sample videos.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from gvr.config import Params
+from gvr.errors import InputError
+from gvr.layout import EVAL_SET, Layout, join
+
+log = logging.getLogger(__name__)
+
+
+def bilinear_baseline(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pixel-space bilinear upsampling of a uint8 (T, h, w, 3) clip to `size` (H, W)."""
+    x = torch.from_numpy(lr).permute(0, 3, 1, 2).float()
+    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return y.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
+    x = video.float().clamp(-1, 1).add(1).mul(127.5).round().byte()
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def eval_set(params: Params) -> str:
+    holdout = [n for n, s in params.degrade.sets.items() if s.split == "holdout"]
+    if not holdout:
+        raise InputError("degrade.sets has no `split: holdout` set to evaluate on")
+    return EVAL_SET if EVAL_SET in holdout else holdout[0]
+
+
+def iter_clips(params: Params, set_name: str):
+    """(clip id, tensors) for each held-out clip, up to `evaluate.max_clips`."""
+    from gvr.data.shards import load_tensors, read_index
+
+    set_dir = Layout.of(params).pairs(set_name)
+    index = read_index(set_dir, params.storage)
+    n = 0
+    for shard in index["shards"]:
+        t = load_tensors(join(set_dir, shard["file"]), params.storage)
+        if "hr_video" not in t:
+            raise InputError(f"{shard['file']}: held-out shard without reference pixels")
+        for row in range(shard["count"]):
+            if n >= params.evaluate.max_clips:
+                return
+            yield f"{shard['source'].rsplit('/', 1)[-1]}#{row}", {k: v[row] for k, v in t.items()}
+            n += 1
+
+
+def evaluate_model(params: Params, model_dir: str, out_dir: str) -> dict[str, float]:
+    """Score the model in `model_dir` on the held-out clips; write reports to `out_dir`."""
+    import pandas as pd
+
+    from gvr.eval.metrics import compute
+    from gvr.io.storage import atomic_local, write_json
+    from gvr.pipeline import GVRPipeline
+    from gvr.runtime import pick_device, torch_dtype
+
+    ep = params.evaluate
+    device = pick_device(params.compute.device)
+    dtype = torch_dtype(params.compute.dtype, device)
+    pipe = GVRPipeline.from_pretrained(_local_model(params, model_dir), device=device, dtype=dtype)
+    names = [m for m in ep.metrics]
+    rows, samples = [], []
+    from tqdm.auto import tqdm
+
+    for clip_id, t in tqdm(list(iter_clips(params, eval_set(params))), desc="evaluate", unit="clip"):
+        hr, lr = t["hr_video"].numpy(), t["lr_video"].numpy()
+        size = hr.shape[1:3]
+        c0 = t["c0"].float().unsqueeze(0).to(device)
+        text = (t["text"].float().unsqueeze(0).to(device), t["text_mask"].bool().unsqueeze(0).to(device))
+
+        # 1. the model: sample an HR latent and decode it (timed separately)
+        start = time.perf_counter()
+        z = pipe.sample(c0, text=text, hr_size=size, steps=ep.steps, noise_aug=ep.noise_aug,
+                        guidance=ep.guidance, seed=ep.seed)
+        _sync(device)
+        sample_s = time.perf_counter() - start
+        start = time.perf_counter()
+        out = to_uint8(pipe.decode(z, frames=len(hr))[0])
+        _sync(device)
+        decode_s = time.perf_counter() - start
+
+        # 2. references: codec ceiling and baselines
+        ceiling = to_uint8(pipe.decode(t["z0"].float().unsqueeze(0).to(device), frames=len(hr))[0])
+        row = {"clip": clip_id, "sample_s": sample_s, "decode_s": decode_s}
+        row.update(compute(names, out, hr))
+        row.update({f"codec_{k}": v for k, v in compute([n for n in names if n in ("psnr", "ssim")],
+                                                        ceiling, hr).items()})
+        baselines = {}
+        for b in ep.baselines:
+            if b != "bilinear":
+                raise InputError(f"evaluate.baselines: unknown baseline {b!r} (known: bilinear)")
+            baselines[b] = bilinear_baseline(lr, size)
+            row.update({f"{b}_{k}": v for k, v in compute(names, baselines[b], hr).items()})
+        rows.append(row)
+        if len(samples) < 3:
+            samples.append((clip_id, baselines.get("bilinear", bilinear_baseline(lr, size)), out, hr))
+    if not rows:
+        raise InputError("evaluate: the held-out set has no clips (too few accepted videos?)")
+
+    table = pd.DataFrame(rows)
+    metrics = {k: float(table[k].mean()) for k in table.columns if k != "clip"}
+    metrics["clips"] = float(len(table))
+    with atomic_local(join(out_dir, "per_clip.csv"), params.storage) as tmp:
+        table.to_csv(tmp, index=False)
+    _plot(table, out_dir, params)
+    _write_samples(samples, out_dir, params)
+    write_json(join(out_dir, "metrics.json"), metrics, params.storage)
+    return metrics
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _local_model(params: Params, model_dir: str) -> str:
+    from gvr.io.storage import local_dir
+
+    return local_dir(model_dir, params.storage)
+
+
+def _plot(table, out_dir: str, params: Params) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gvr.io.storage import atomic_local
+
+    if "psnr" not in table:
+        return
+    fig, ax = plt.subplots(figsize=(max(4, len(table) * 0.5 + 2), 3))
+    x = np.arange(len(table))
+    cols = [c for c in ("psnr", "bilinear_psnr", "codec_psnr") if c in table]
+    for i, c in enumerate(cols):
+        ax.bar(x + (i - (len(cols) - 1) / 2) * 0.25, table[c], width=0.25, label=c)
+    ax.set_xticks(x, table["clip"], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("PSNR (dB)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_local(join(out_dir, "psnr_per_clip.png"), params.storage) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def _write_samples(samples: list[tuple[str, Any, Any, Any]], out_dir: str, params: Params) -> None:
+    """Side-by-side mp4s: bilinear | model | reference."""
+    from gvr.io.video import write_video
+
+    for i, (_, base, out, ref) in enumerate(samples):
+        write_video(join(out_dir, "samples", f"sample_{i}.mp4"), np.concatenate([base, out, ref], axis=2),
+                    fps=params.upscale.fps, storage=params.storage)

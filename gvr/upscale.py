@@ -1,0 +1,141 @@
+"""Batch upscaling with a trained model: LR latents or LR videos in, HR videos (and latents) out.
+
+Inputs (a file or every matching file under a directory, local or s3://):
+- `*.safetensors` with a tensor `latent` of shape (C, T, h, w) or (1, C, T, h, w): LR latents
+  straight from the base T2V model (the cascaded path: no decode/re-encode);
+- videos (`.mp4`, `.mov`, `.mkv`, `.webm`, `.avi`): encoded with the model's codec first.
+A sidecar `<name>.txt` holds the prompt (else `--prompt`). The HR size keeps the input's aspect
+ratio with a short side of `upscale.short_side` pixels, rounded to multiples of 16. Outputs go to
+`<output>/<name>.mp4` (and `<name>.safetensors` with `--save-latents`), written atomically; an
+input whose outputs exist is skipped (resumable), and a failing input is recorded in
+`<output>/failures.json` while the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gvr.config import Params
+from gvr.errors import InputError
+from gvr.layout import join
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+LATENT_EXTENSIONS = (".safetensors",)
+
+
+def hr_size_for(lr_hw: tuple[int, int], short_side: int, multiple: int = 16) -> tuple[int, int]:
+    """HR pixel size with the LR aspect ratio and the given short side, rounded to `multiple`."""
+    h, w = lr_hw
+    scale = short_side / min(h, w)
+    return (max(multiple, round(h * scale / multiple) * multiple),
+            max(multiple, round(w * scale / multiple) * multiple))
+
+
+@dataclass(frozen=True)
+class Job:
+    src: str
+    name: str
+
+
+def list_inputs(path: str, params: Params) -> list[Job]:
+    from gvr.io.storage import basename, isdir, list_files
+
+    exts = VIDEO_EXTENSIONS + LATENT_EXTENSIONS
+    files = list_files(path, params.storage, extensions=exts) if isdir(path, params.storage) else [path]
+    jobs = [Job(f, basename(f).rsplit(".", 1)[0]) for f in files if f.lower().endswith(exts)]
+    if not jobs:
+        raise InputError(f"{path}: no LR latents (.safetensors) or videos ({', '.join(VIDEO_EXTENSIONS)}) found")
+    return jobs
+
+
+def load_lr_latent(path: str, params: Params) -> torch.Tensor:
+    from gvr.data.shards import load_tensors
+
+    t = load_tensors(path, params.storage)
+    if "latent" not in t:
+        raise InputError(f"{path}: expected a tensor named 'latent' (C, T, h, w), found {sorted(t)}")
+    z = t["latent"]
+    z = z.unsqueeze(0) if z.ndim == 4 else z
+    if z.ndim != 5 or z.shape[0] != 1:
+        raise InputError(f"{path}: 'latent' must be (C, T, h, w) or (1, C, T, h, w), got {tuple(t['latent'].shape)}")
+    if not z.is_floating_point() or not torch.isfinite(z).all():
+        raise InputError(f"{path}: 'latent' must be finite floats, got {z.dtype} with NaN/inf or non-float values")
+    return z.float()
+
+
+def _prompt(job: Job, default: str, params: Params) -> str:
+    from gvr.io.storage import exists, read_text
+
+    sidecar = job.src.rsplit(".", 1)[0] + ".txt"
+    return read_text(sidecar, params.storage).strip() if exists(sidecar, params.storage) else default
+
+
+def upscale_one(pipe, job: Job, params: Params, output: str, prompt: str, save_latents: bool) -> dict:
+    """Upscale one input; returns a report row."""
+    from gvr.data.shards import save_tensors
+    from gvr.eval.runner import to_uint8
+    from gvr.io.video import probe, read_frames, write_video
+
+    up = params.upscale
+    start = time.perf_counter()
+    fps = up.fps
+    if job.src.lower().endswith(LATENT_EXTENSIONS):
+        c0 = load_lr_latent(job.src, params).to(pipe.device)
+        f = pipe.codec.spatial_factor
+        frames = (c0.shape[2] - 1) * pipe.codec.temporal_factor + 1
+        lr_hw = (c0.shape[3] * f, c0.shape[4] * f)
+    else:
+        info = probe(job.src, params.storage)
+        video = read_frames(job.src, storage=params.storage)
+        frames, lr_hw, fps = len(video), video.shape[1:3], info.fps or up.fps
+        c0 = pipe.encode(video)
+    size = hr_size_for(lr_hw, up.short_side)
+    z = pipe.sample(c0, prompt=_prompt(job, prompt, params), hr_size=size, steps=up.steps,
+                    noise_aug=up.noise_aug, guidance=up.guidance, seed=up.seed)
+    video = to_uint8(pipe.decode(z, frames=frames)[0])
+    write_video(join(output, f"{job.name}.mp4"), video, fps=fps, storage=params.storage)
+    if save_latents:
+        save_tensors(join(output, f"{job.name}.safetensors"), {"latent": z[0].float()}, params.storage)
+    return {"input": job.src, "output": join(output, f"{job.name}.mp4"), "frames": len(video),
+            "height": video.shape[1], "width": video.shape[2], "seconds": time.perf_counter() - start}
+
+
+def upscale(params: Params, *, model: str, input: str, output: str, prompt: str = "",
+            save_latents: bool = False) -> list[dict]:
+    """Upscale every input under `input` with `model` into `output`. Returns the per-input report."""
+    from tqdm.auto import tqdm
+
+    from gvr import tracking
+    from gvr.io.storage import exists, write_json
+    from gvr.pipeline import GVRPipeline
+    from gvr.registry import resolve_model_uri
+    from gvr.runtime import pick_device, torch_dtype
+
+    jobs = list_inputs(input, params)
+    todo = [j for j in jobs if not exists(join(output, f"{j.name}.mp4"), params.storage)]
+    log.info("upscale: %d inputs, %d to do", len(jobs), len(todo))
+    device = pick_device(params.compute.device)
+    pipe = GVRPipeline.from_pretrained(resolve_model_uri(model, params), device=device,
+                                       dtype=torch_dtype(params.compute.dtype, device))
+    report, failures = [], []
+    with tracking.stage_run(params, "upscale", log_params=False):
+        for job in tqdm(todo, desc="upscale", unit="input"):
+            try:
+                report.append(upscale_one(pipe, job, params, output, prompt, save_latents))
+            except InputError as e:
+                failures.append({"input": job.src, "reason": str(e)})
+                log.warning("upscale: %s", e)
+        tracking.log_metrics({"upscaled": len(report), "failed": len(failures),
+                              "seconds_per_input": float(np.mean([r["seconds"] for r in report])) if report else 0.0})
+    if failures:
+        write_json(join(output, "failures.json"), failures, params.storage)
+    if not report and failures:
+        raise InputError(f"upscale: every input failed; first: {failures[0]['reason']}")
+    return report
