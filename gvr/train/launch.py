@@ -9,9 +9,9 @@ starts one process per GPU; each of them lands in `run_stage` below. Multi-node 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,11 +49,12 @@ def write_resolved_params(params: Params, stage: str) -> Path:
 def launcher_command(params: Params, stage: str, params_file: Path, resume: bool) -> list[str]:
     """The deepspeed launcher command line for this stage."""
     launcher = params.train.launcher
-    exe = shutil.which("deepspeed")
-    if exe is None:
-        raise ConfigError("train.launcher asks for several GPUs/nodes but the `deepspeed` launcher is not "
-                          "installed (pip install 'gvr[train]')")
-    cmd = [exe, "--master_port", str(launcher.master_port)]
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("train.launcher asks for several GPUs/nodes but DeepSpeed is not installed "
+                          "(pip install 'gvr[train]')")
+    # The `deepspeed` console script is this module; calling it through this interpreter avoids
+    # depending on PATH (a venv that is not activated).
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(launcher.master_port)]
     if launcher.num_nodes > 1 and not launcher.no_ssh:
         if not launcher.hostfile or not Path(launcher.hostfile).is_file():
             raise ConfigError(f"train.launcher.hostfile: {launcher.hostfile!r} not found (needed for "
