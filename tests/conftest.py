@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest_plugins = ["fixtures.s3", "fixtures.videos"]  # tests/fixtures/: moto S3 server, sample videos
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
