@@ -125,21 +125,39 @@ class DegradeParams:
 
 @dataclass
 class CodecParams:
-    """The video latent codec (3D VAE) shared by every stage."""
+    """The video latent codec (3D VAE) shared by every stage; see docs/codecs.md."""
 
     kind: str = param("wan", choices=["tiny", "wan", "cogvideox", "hunyuan"])
     path: str | None = None  # local directory of weights; None for kind=tiny (deterministic init)
-    channels: int = param(16, ge=1)
+    channels: int = param(16, ge=1)  # a checkpoint with another latent channel count is refused
+    allow_download: bool = False  # True: `path` may be a hub id fetched through diffusers
+    device: str | None = None  # null: compute.device
+    dtype: str | None = param(None, choices=["float32", "bfloat16", "float16"])  # null: compute.dtype
+    tiling: bool = True  # spatial tiling of encode/decode; bounds peak memory by tile_size
+    tile_size: int = param(32, ge=2)  # tile side in latent pixels (x8 video pixels)
+    tile_overlap: int = param(8, ge=0)  # overlap of neighbouring tiles in latent pixels, blended
+
+    def validate(self, path: str) -> None:
+        """Tiles must overlap by less than their size."""
+        if self.tile_overlap >= self.tile_size:
+            where = f"{path}." if path else ""
+            raise ConfigError(f"{where}tile_overlap: {self.tile_overlap} must be smaller than "
+                              f"tile_size ({self.tile_size})")
 
 
 @dataclass
 class TextParams:
-    """The text encoder (T5 family) for captions."""
+    """The text encoder (T5 family) for captions; embeddings are cached by prompt hash."""
 
     kind: str = param("t5", choices=["none", "t5"])  # none: every prompt is the null prompt
-    path: str | None = None
-    dim: int = param(4096, ge=1)
-    max_length: int = param(512, ge=1)
+    path: str | None = None  # local directory with the T5/umT5 encoder and its tokenizer
+    dim: int = param(4096, ge=1)  # umT5-XXL width; a checkpoint of another width is refused
+    max_length: int = param(512, ge=1)  # tokens; prompts are truncated, embeddings zero-padded
+    device: str | None = None  # null: compute.device
+    dtype: str | None = param(None, choices=["float32", "bfloat16", "float16"])  # null: compute.dtype
+    batch_size: int = param(16, ge=1)  # prompts per encoder forward
+    cache_dir: str | None = None  # on-disk embedding cache (safetensors); null: in memory only
+    memory_cache: int = param(1024, ge=0)  # prompts kept in the in-memory cache
 
 
 @dataclass
