@@ -162,10 +162,54 @@ class TextParams:
 
 @dataclass
 class ModelParams:
-    """SimpleGVR architecture: a preset name plus optional overrides (null = the preset's value)."""
+    """SimpleGVR architecture: a preset name plus optional overrides (null = the preset's value).
+
+    Presets live in `gvr.models.presets.PRESETS`; `gvr.models.presets.resolve` applies the overrides.
+    """
 
     preset: str = "gvr-1b"
-    init: str | None = None  # pretrained T2V weights to start stage 1 from
+    latent_channels: int | None = param(None, ge=1)  # null: the preset's (or codec.channels)
+    dim: int | None = param(None, ge=8)
+    depth: int | None = param(None, ge=1)
+    heads: int | None = param(None, ge=1)
+    ffn_dim: int | None = param(None, ge=1)
+    text_dim: int | None = param(None, ge=1)  # null: the preset's (or text.dim)
+    # LR latent injection (paper §3.2): ours, or an ablation variant.
+    upsampler: str | None = param(None, choices=["upsampler", "interpolate", "resblock_interpolate",
+                                                 "token_concat"])
+    upsampler_channels: int | None = param(None, ge=1)
+    # 3D attention kind, one for every block (str) or one per block (list of `depth` kinds), from
+    # full | temporal_unit | window | sparse_local; temporal_unit and window shift on odd blocks.
+    attention: str | list[str] | None = param(None, choices=["full", "temporal_unit", "window",
+                                                             "sparse_local"])
+    attention_unit: int | None = param(None, ge=1)  # latent frames per temporal unit
+    attention_window: list[int] | None = param(None, ge=1)  # Swin window (t, h, w) in tokens
+    sparse_window: list[int] | None = param(None, ge=1)  # sparse local unit (h, w) in tokens
+    sparse_topk: int | None = param(None, ge=0)
+    spatial_attention: bool | None = None
+    checkpointing: bool | None = None  # activation checkpointing per block
+    init: str | None = None  # pretrained weights to start stage 1 from (see init_kind)
+    init_kind: str = param("wan", choices=["wan", "gvr"])  # wan: diffusers Wan transformer; gvr: ours
+
+    def validate(self, path: str) -> None:
+        """Preset name, per-block attention length and window arity."""
+        from gvr.models.presets import PRESETS
+
+        where = f"{path}." if path else ""
+        if self.preset not in PRESETS:
+            raise ConfigError(f"{where}preset: unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        depth = self.depth if self.depth is not None else PRESETS[self.preset].depth
+        if isinstance(self.attention, list) and len(self.attention) != depth:
+            raise ConfigError(f"{where}attention: {len(self.attention)} kinds for {depth} blocks "
+                              "(give one kind, or one per block)")
+        for name, n in (("attention_window", 3), ("sparse_window", 2)):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ConfigError(f"{where}{name}: expected {n} sizes, got {value!r}")
+        dim = self.dim if self.dim is not None else PRESETS[self.preset].dim
+        heads = self.heads if self.heads is not None else PRESETS[self.preset].heads
+        if dim % heads or (dim // heads) % 2:
+            raise ConfigError(f"{where}heads: dim {dim} must split into {heads} heads of an even size")
 
 
 @dataclass
