@@ -94,7 +94,19 @@ class CurateParams:
     min_laplacian_var: float = param(30.0, ge=0)
     min_musiq: float = param(40.0, ge=0, le=100)
     musiq: bool = True  # False: skip the MUSIQ filter (no IQA weights available)
-    musiq_weights: str | None = None  # local path to MUSIQ weights; None = pyiqa's cache
+    musiq_weights: str | None = None  # local path to MUSIQ weights; None = ~/.cache/gvr/iqa, pyiqa's cache
+    musiq_gpu_share: float = param(0.25, gt=0, le=1)  # GPU per Ray worker when MUSIQ runs on CUDA
+
+    def validate(self, path: str) -> None:
+        """Brightness bounds ordered, extensions spelled with a dot."""
+        where = f"{path}." if path else ""
+        if self.min_brightness >= self.max_brightness:
+            raise ConfigError(f"{where}min_brightness: {self.min_brightness} must be below "
+                              f"max_brightness ({self.max_brightness})")
+        bad = [e for e in self.extensions if not e.startswith(".")]
+        if bad or not self.extensions:
+            raise ConfigError(f"{where}extensions: expected entries like '.mp4', got {self.extensions!r}")
+
 
 
 @dataclass

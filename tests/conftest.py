@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest_plugins = ["fixtures.s3", "fixtures.videos", "fixtures.services"]  # tests/fixtures/: moto S3 server, sample videos, Prefect + MLflow servers
+pytest_plugins = ["fixtures.s3", "fixtures.videos", "fixtures.iqa", "fixtures.services"]  # tests/fixtures/: moto S3 server, sample videos, IQA weights, Prefect + MLflow servers
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
