@@ -108,7 +108,6 @@ class CurateParams:
             raise ConfigError(f"{where}extensions: expected entries like '.mp4', got {self.extensions!r}")
 
 
-
 @dataclass
 class PairSetParams:
     """One set of training pairs (one per training stage)."""
