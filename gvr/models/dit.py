@@ -304,12 +304,15 @@ class SimpleGVR(nn.Module):
         self.head_norm = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.head_modulation = nn.Parameter(torch.zeros(1, 2, d))
         self.head = nn.Linear(d, pv * c)
-        self.reset_parameters()
+        if not self.head.weight.is_meta:  # meta-built models get their values assigned later
+            self.reset_parameters()
         self.set_attention(cfg.attention)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Xavier linears with zero bias; zero what must start silent.
+        """Xavier linears with zero bias, PyTorch defaults elsewhere; zero what must start silent.
+
+        Safe to call on storage made by `to_empty` (meta-built models): it sets every parameter.
 
         Zero: the shared time projection (with the zero per-block offsets every gate starts at 0, so
         each block starts as identity, adaLN-Zero), the output head (the first prediction is 0), the
@@ -317,9 +320,13 @@ class SimpleGVR(nn.Module):
         attention's output (the LR tokens start without effect).
         """
         for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):  # convs, norms: their defaults
+                m.reset_parameters()
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        for table in (self.head_modulation, *(b.modulation for b in self.blocks)):
+            nn.init.zeros_(table)
         for m in (self.time_embed.fc1, self.time_embed.fc2, self.noise_level_embed.fc1):
             nn.init.normal_(m.weight, std=0.02)
         for m in (self.time_proj, self.head, self.noise_level_embed.fc2):

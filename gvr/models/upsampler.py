@@ -20,9 +20,24 @@ from einops import rearrange
 from torch import nn
 
 
-def _groups(channels: int) -> int:
-    """Largest group count <= 32 that divides `channels` (GroupNorm needs an exact split)."""
-    return next(g for g in range(min(32, channels), 0, -1) if channels % g == 0)
+class ChannelRMSNorm(nn.Module):
+    """RMS norm over channels at every (t, h, w) position, learned per-channel gain.
+
+    Per-position (unlike GroupNorm) so that the upsampler is local in time: its output does not depend
+    on how many frames the clip has (17 in training, 77+ at inference) or on distant frames.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rms = x.float().square().mean(dim=1, keepdim=True).add(self.eps).rsqrt()
+        return (x.float() * rms).type_as(x) * self.weight.view(-1, 1, 1, 1)
 
 
 def unfold_time(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -46,16 +61,16 @@ def resize_frames(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class ResBlock3D(nn.Module):
-    """GroupNorm-SiLU-Conv3d twice with a skip; optionally unfolds (`up`) or folds (`down`) time by r."""
+    """Norm-SiLU-Conv3d twice with a skip; optionally unfolds (`up`) or folds (`down`) time by r."""
 
     def __init__(self, cin: int, cout: int, *, time: str = "same", r: int = 4):
         super().__init__()
         self.time, self.r = time, r
         mid_in = cin * r if time == "down" else cin  # folding time stacks r frames on channels first
         last_out = cout * r if time == "up" else cout  # unfolding needs r sub-frames of channels
-        self.norm1 = nn.GroupNorm(_groups(mid_in), mid_in)
+        self.norm1 = ChannelRMSNorm(mid_in)
         self.conv1 = nn.Conv3d(mid_in, cout, 3, padding=1)
-        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.norm2 = ChannelRMSNorm(cout)
         self.conv2 = nn.Conv3d(cout, last_out, 3, padding=1)
         self.skip = nn.Conv3d(mid_in, last_out, 1) if mid_in != last_out else nn.Identity()
 
