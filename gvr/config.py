@@ -117,6 +117,126 @@ class PairSetParams:
     methods: list[str] = param(["resize"])
 
 
+def _check_intervals(obj: Any, path: str, names: typing.Iterable[str]) -> None:
+    """Each named field is a `[low, high]` pair with low <= high."""
+    where = f"{path}." if path else ""
+    for name in names:
+        value = getattr(obj, name)
+        if len(value) != 2 or value[0] > value[1]:
+            raise ConfigError(f"{where}{name}: expected [low, high] with low <= high, got {value!r}")
+
+
+def _check_probs(obj: Any, path: str, name: str, n: int) -> None:
+    """The named field holds `n` non-negative weights with a positive sum."""
+    where = f"{path}." if path else ""
+    value = getattr(obj, name)
+    if len(value) != n or sum(value) <= 0:
+        raise ConfigError(f"{where}{name}: expected {n} non-negative weights with a positive sum, got {value!r}")
+
+
+@dataclass
+class DegradeRoundParams:
+    """One round of the second-order degradation: blur, resize, noise, JPEG (RealBasicVSR's first round)."""
+
+    blur_prob: float = param(1.0, ge=0, le=1)
+    kernel_sizes: list[int] = param([7, 9, 11, 13, 15, 17, 19, 21], ge=3, le=41)  # odd sizes
+    # weights of iso, aniso, generalized_iso, generalized_aniso, plateau_iso, plateau_aniso, sinc
+    kernel_probs: list[float] = param([0.405, 0.225, 0.108, 0.027, 0.108, 0.027, 0.1], ge=0)
+    blur_sigma: list[float] = param([0.2, 3.0], gt=0)  # per axis, in pixels
+    beta_gaussian: list[float] = param([0.5, 4.0], gt=0)  # generalized Gaussian shape
+    beta_plateau: list[float] = param([1.0, 2.0], gt=0)  # plateau shape
+    resize_probs: list[float] = param([0.2, 0.7, 0.1], ge=0)  # weights of up, down, keep
+    resize_scale: list[float] = param([0.15, 1.5], gt=0)  # relative to the size this round starts at
+    noise_prob: float = param(1.0, ge=0, le=1)
+    gaussian_noise_prob: float = param(0.5, ge=0, le=1)  # otherwise Poisson noise
+    gaussian_sigma: list[float] = param([1.0, 30.0], ge=0)  # on the 0..255 scale
+    poisson_scale: list[float] = param([0.05, 3.0], ge=0)
+    gray_noise_prob: float = param(0.4, ge=0, le=1)  # same noise in all three channels
+    jpeg_prob: float = param(1.0, ge=0, le=1)
+    jpeg_quality: list[int] = param([30, 95], ge=1, le=100)
+    video_prob: float = param(1.0, ge=0, le=1)  # video compression (second round: in the final shuffle)
+
+    def validate(self, path: str) -> None:
+        """Intervals ordered, weights well formed, kernel sizes odd."""
+        _check_intervals(self, path, ("blur_sigma", "beta_gaussian", "beta_plateau", "resize_scale",
+                                      "gaussian_sigma", "poisson_scale", "jpeg_quality"))
+        _check_probs(self, path, "kernel_probs", 7)
+        _check_probs(self, path, "resize_probs", 3)
+        where = f"{path}." if path else ""
+        if not self.kernel_sizes or any(k % 2 == 0 for k in self.kernel_sizes):
+            raise ConfigError(f"{where}kernel_sizes: expected odd sizes, got {self.kernel_sizes!r}")
+        if not self.resize_scale[0] <= 1 <= self.resize_scale[1]:
+            raise ConfigError(f"{where}resize_scale: expected low <= 1 <= high, got {self.resize_scale!r}")
+
+
+@dataclass
+class SecondRoundParams(DegradeRoundParams):
+    """RealBasicVSR's second round: milder blur (applied with probability 0.8), resize and noise."""
+
+    blur_prob: float = param(0.8, ge=0, le=1)
+    blur_sigma: list[float] = param([0.2, 1.5], gt=0)
+    resize_probs: list[float] = param([0.3, 0.4, 0.3], ge=0)
+    resize_scale: list[float] = param([0.3, 1.2], gt=0)
+    gaussian_sigma: list[float] = param([1.0, 25.0], ge=0)
+    poisson_scale: list[float] = param([0.05, 2.5], ge=0)
+
+
+@dataclass
+class SecondOrderParams:
+    """RealBasicVSR-style second-order degradation (Chan et al. 2022b); defaults are RealBasicVSR's."""
+
+    first: DegradeRoundParams = field(default_factory=DegradeRoundParams)
+    second: SecondRoundParams = field(default_factory=SecondRoundParams)
+    interpolations: list[str] = param(["bilinear", "area", "bicubic"],
+                                      choices=["nearest", "bilinear", "area", "bicubic", "lanczos"])
+    codecs: list[str] = param(["libx264", "h264", "mpeg4"],
+                              choices=["libx264", "h264", "mpeg4", "libx265", "hevc", "mpeg2video"])
+    # bits per frame per HR pixel; RealBasicVSR's 1e4..1e5 bit/frame on 256x256 crops
+    video_bpp: list[float] = param([0.15, 1.5], gt=0)
+    # x264/x265 speed preset; RealBasicVSR ran FFmpeg's default (medium), veryfast is 3x faster
+    video_preset: str = param("veryfast", choices=["ultrafast", "superfast", "veryfast", "faster", "fast",
+                                                   "medium", "slow"])
+    final_sinc_prob: float = param(0.8, ge=0, le=1)
+    final_sinc_omega: list[float] = param([1.0472, 3.1416], gt=0, le=3.1416)  # cutoff, rad/pixel
+    shuffle_final: bool = True  # random order of {video compression, final resize + sinc}
+    drift: float = param(1.0, ge=0)  # scale of RealBasicVSR's per-frame parameter walk; 0 = fixed per clip
+
+    def validate(self, path: str) -> None:
+        """Intervals ordered, lists non-empty."""
+        _check_intervals(self, path, ("video_bpp", "final_sinc_omega"))
+        where = f"{path}." if path else ""
+        for name in ("interpolations", "codecs"):
+            if not getattr(self, name):
+                raise ConfigError(f"{where}{name}: expected at least one entry")
+
+
+@dataclass
+class FlowDegradeParams:
+    """Flow-based degradation (paper §3.3.1): motion-guided colour blending and block-wise motion blur."""
+
+    dis_preset: str = param("medium", choices=["ultrafast", "fast", "medium"])  # OpenCV DIS optical flow
+    flow_max_side: int = param(640, ge=0)  # flow on frames shrunk to this longest side; 0 = full size
+    motion_threshold: float = param(1.0, gt=0)  # px/frame (input scale) from which a pixel counts as moving
+    blend_prob: float = param(1.0, ge=0, le=1)  # per clip: colour blending on
+    ellipses: list[int] = param([2, 12], ge=0)  # ellipses per frame
+    ellipse_axis: list[float] = param([0.03, 0.10], gt=0, le=1)  # semi-major axis / short side
+    ellipse_aspect: list[float] = param([0.3, 1.0], gt=0, le=1)  # semi-minor / semi-major
+    ellipse_jitter: float = param(0.5, ge=0)  # std (rad) of the ellipse angle around the motion direction
+    sample_spread: float = param(0.5, gt=0)  # std of the hue sampling Gaussian / ellipse axes
+    samples: int = param(32, ge=1)  # hue samples per ellipse
+    compensation: list[float] = param([0.5, 1.0], ge=0, le=1)  # share of the flow followed into the previous frame
+    blend_strength: list[float] = param([0.3, 0.7], ge=0, le=1)  # blend weight at the ellipse centre
+    blur_prob: float = param(1.0, ge=0, le=1)  # per clip: motion blur on
+    block_size: int = param(32, ge=4)  # px
+    blur_scale: list[float] = param([0.5, 1.5], ge=0)  # kernel length / block's mean motion, per clip
+    max_blur: float = param(0.04, gt=0, le=1)  # longest kernel / short side
+
+    def validate(self, path: str) -> None:
+        """Intervals ordered."""
+        _check_intervals(self, path, ("ellipses", "ellipse_axis", "ellipse_aspect", "compensation",
+                                      "blend_strength", "blur_scale"))
+
+
 @dataclass
 class DegradeParams:
     """HR/LR pair synthesis and one-off latent encoding."""
@@ -132,6 +252,8 @@ class DegradeParams:
     })
     model_guided_alpha: list[float] = param([0.3, 0.4])
     shard_size: int = param(64, ge=1)  # pairs per shard file
+    second_order: SecondOrderParams = field(default_factory=SecondOrderParams)
+    flow: FlowDegradeParams = field(default_factory=FlowDegradeParams)
 
 
 @dataclass
