@@ -5,7 +5,8 @@ Three ways to run it:
     `prefect deployment run gvr/full-pipeline [--param profile=tiny] [--watch]`;
   - on a work pool: `prefect deploy --name full-pipeline` (prefect.yaml), a worker on the pool,
     then the same `prefect deployment run`;
-  - in-process: `gvr_pipeline(workspace="DIR")` (an ephemeral Prefect API unless PREFECT_API_URL is set).
+  - in-process: `python -m flows.pipeline --workspace DIR` or `gvr_pipeline(workspace="DIR")` (an
+    ephemeral Prefect API unless PREFECT_API_URL is set).
 
 The stages, their order and their commands come from the workspace's dvc.yaml. With `use_dvc`
 each stage is `dvc repro --single-item STAGE`, one at a time, so DVC decides what to skip;
@@ -15,8 +16,12 @@ parent MLflow run's id reaches every stage process through `$GVR_PARENT_RUN_ID`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +126,29 @@ def gvr_pipeline(workspace: str = ".", profile: str | None = None, overrides: li
                 metrics = _publish(params, results, ws, run)
     return {"stages": {r.name: r.status for r in results}, "metrics": metrics or {},
             "mlflow_run_id": run.info.run_id if run is not None else None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m flows.pipeline --workspace DIR`: one flow run in this process."""
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline",
+                                     description="Run the gvr pipeline once, in this process (an ephemeral "
+                                                 "Prefect API unless PREFECT_API_URL is set).")
+    parser.add_argument("--workspace", default=".", help="folder with params.yaml and dvc.yaml (default: .)")
+    parser.add_argument("--profile", default=None, help="params profile, written into params.yaml")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        help="params override, written into params.yaml (repeatable)")
+    parser.add_argument("--no-dvc", action="store_true", help="run the stage commands directly, not via dvc repro")
+    parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE", help="only these dvc.yaml stages")
+    args = parser.parse_args(argv)
+    try:
+        result = gvr_pipeline(workspace=args.workspace, profile=args.profile, overrides=args.set or None,
+                              use_dvc=False if args.no_dvc else None, stages=args.stages)
+    except GVRError as e:
+        print(f"gvr pipeline: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -182,13 +182,13 @@ def _mlflow_or_none():
 
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, *, tags: Mapping[str, str] | None = None,
-              root: str | os.PathLike | None = None) -> Iterator[Any]:
+              root: str | os.PathLike | None = None, log_params: bool = True) -> Iterator[Any]:
     """An MLflow run for one stage, yielding the ActiveRun (None on ranks other than 0).
 
     Nesting, first match wins: under the run already active in this process; under the running
     run named by $GVR_PARENT_RUN_ID (the pipeline's); else top-level in `tracking.experiment`.
-    Logs the resolved params (`section.key`) and tags stage, profile and the git commit. An
-    exception inside the block marks the run FAILED and propagates.
+    Logs the resolved params (`section.key`, unless `log_params` is False) and tags stage, profile
+    and the git commit. An exception inside the block marks the run FAILED and propagates.
     """
     mlflow = _mlflow_or_none() if process_rank() == 0 else None
     if mlflow is None:
@@ -206,7 +206,8 @@ def stage_run(params: Params, stage: str, *, tags: Mapping[str, str] | None = No
         where = {"experiment_id": _experiment_id(mlflow, params.tracking.experiment)}
     # 2. the run itself
     with mlflow.start_run(run_name=stage, tags=_run_tags(params, "stage", stage, root, tags), **where) as run:
-        mlflow.log_params(flatten_params(params))
+        if log_params:
+            mlflow.log_params(flatten_params(params))
         yield run
 
 
@@ -268,7 +269,7 @@ def set_tags(tags: Mapping[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def log_artifact(path: str | os.PathLike, artifact_path: str | None = None, storage=None) -> None:
+def log_artifact(path: str | os.PathLike, storage=None, artifact_path: str | None = None) -> None:
     """Upload one file (local path or s3:// URL) to the active run's artifacts."""
     if active_run() is None:
         return
@@ -280,7 +281,7 @@ def log_artifact(path: str | os.PathLike, artifact_path: str | None = None, stor
         mlflow.log_artifact(local, artifact_path)
 
 
-def log_artifacts(directory: str | os.PathLike, artifact_path: str | None = None, storage=None) -> None:
+def log_artifacts(directory: str | os.PathLike, storage=None, artifact_path: str | None = None) -> None:
     """Upload a folder's files (local path or s3:// prefix) to the active run's artifacts."""
     if active_run() is None:
         return
