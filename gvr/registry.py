@@ -65,11 +65,12 @@ def load_pipeline(model_dir: str, device: str = "auto", dtype: str = "bfloat16")
 
 
 class GVRModel(PythonModel):
-    """MLflow pyfunc: LR latents `(B, C, T, h, w)` float32 in, HR videos `(B, T, H, W, 3)` uint8 out.
+    """MLflow pyfunc: LR latents `(B, C, T, h, w)` float32 in, HR videos `(B, frames, H, W, 3)` uint8 out.
 
-    Inference params (`predict(..., params={...})`): prompt, steps, noise_aug, seed; their defaults
-    are the registering run's `upscale.*`, recorded in the signature. `model_config` picks the
-    device and dtype at load time (`mlflow.pyfunc.load_model(uri, model_config={"device": "cuda:1"})`).
+    Inference params (`predict(..., params={...})`): prompt, steps, noise_aug, guidance, seed and
+    short_side (HR short side in pixels, aspect ratio kept); their defaults are the registering
+    run's `upscale.*`, recorded in the signature. `model_config` picks the device and dtype at load
+    time (`mlflow.pyfunc.load_model(uri, model_config={"device": "cuda:1"})`).
     """
 
     def load_context(self, context) -> None:
@@ -80,14 +81,22 @@ class GVRModel(PythonModel):
     def predict(self, context, model_input, params=None):
         import torch
 
-        p = {"prompt": "", "steps": 50, "noise_aug": 0.3, "seed": 0, **(params or {})}
+        from gvr.eval.runner import to_uint8
+        from gvr.upscale import hr_size_for
+
+        p = {**PREDICT_DEFAULTS, **(params or {})}
         if isinstance(model_input, dict):  # the signature names the tensor, so MLflow passes {name: array}
             model_input = model_input[INPUT_NAME]
         lr = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32))  # (B, C, T, h, w)
-        video = self.pipe(lr_latent=lr, prompt=p["prompt"], steps=int(p["steps"]),
-                          noise_aug=float(p["noise_aug"]), seed=int(p["seed"]), decode=True)
-        video = video.cpu().numpy() if hasattr(video, "cpu") else np.asarray(video)
-        return video if video.ndim == 5 else video[None]  # (B, T, H, W, 3)
+        f = self.pipe.codec.spatial_factor
+        size = hr_size_for((lr.shape[3] * f, lr.shape[4] * f), int(p["short_side"]))
+        out = self.pipe(lr_latent=lr, prompt=p["prompt"], hr_size=size, steps=int(p["steps"]),
+                        noise_aug=float(p["noise_aug"]), guidance=float(p["guidance"]), seed=int(p["seed"]),
+                        decode=True)
+        return np.stack([to_uint8(v) for v in out.video])  # (B, frames, H, W, 3)
+
+
+PREDICT_DEFAULTS = {"prompt": "", "steps": 50, "noise_aug": 0.3, "guidance": 1.0, "seed": 0, "short_side": 1088}
 
 
 def predict_signature(params: Params):
@@ -100,7 +109,8 @@ def predict_signature(params: Params):
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1, -1), INPUT_NAME)]),
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1, 3), "video")]),
         params=ParamSchema([ParamSpec("prompt", "string", ""), ParamSpec("steps", "long", up.steps),
-                            ParamSpec("noise_aug", "double", up.noise_aug), ParamSpec("seed", "long", up.seed)]),
+                            ParamSpec("noise_aug", "double", up.noise_aug), ParamSpec("guidance", "double", up.guidance),
+                            ParamSpec("seed", "long", up.seed), ParamSpec("short_side", "long", up.short_side)]),
     )
 
 

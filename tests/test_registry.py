@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -68,18 +69,21 @@ def _model_dir(root: Path, seed: int = 0) -> Path:
 
 
 class StandInPipeline:
-    """Records its calls and returns a (B, T, H, W, 3) uint8 video 8x the latent's size."""
+    """GVRPipeline's calling convention; returns a video of the asked HR size filled with the seed's value."""
 
     calls: list[dict] = []
 
     def __init__(self, model_dir: str):
         self.config = json.loads((Path(model_dir) / "config.json").read_text())
+        self.codec = SimpleNamespace(spatial_factor=self.config["scale"], temporal_factor=4)
 
-    def __call__(self, *, lr_latent, prompt, steps, noise_aug, seed, decode):
-        StandInPipeline.calls.append(dict(prompt=prompt, steps=steps, noise_aug=noise_aug, seed=seed, decode=decode))
-        b, _, t, h, w = lr_latent.shape
-        s = self.config["scale"]
-        return torch.full((b, t, h * s, w * s, 3), seed % 256, dtype=torch.uint8)
+    def __call__(self, *, lr_latent, prompt, hr_size, steps, noise_aug, guidance, seed, decode):
+        StandInPipeline.calls.append(dict(prompt=prompt, hr_size=hr_size, steps=steps, noise_aug=noise_aug,
+                                          guidance=guidance, seed=seed, decode=decode))
+        b, _, t = lr_latent.shape[:3]
+        frames = (t - 1) * self.codec.temporal_factor + 1
+        value = seed / 127.5 - 1  # decodes to uint8 `seed`
+        return SimpleNamespace(video=torch.full((b, 3, frames, *hr_size), value))
 
 
 @pytest.fixture
@@ -218,8 +222,35 @@ def test_pyfunc_from_champion_runs_the_pipeline(params, tmp_path, monkeypatch):
 
     model = mlflow.pyfunc.load_model(f"models:/{params.tracking.registered_model}@champion")
     latent = np.random.default_rng(0).standard_normal((2, 16, 3, 4, 6)).astype(np.float32)
-    video = model.predict(latent, params={"seed": 5, "prompt": "a cat"})
-    assert video.shape == (2, 3, 32, 48, 3) and video.dtype == np.uint8 and (video == 5).all()
+    video = model.predict(latent, params={"seed": 5, "prompt": "a cat", "short_side": 64})
+    # 4x6 latent, 8 px per latent pixel: 32x48 LR, short side 64 -> 64x96; 3 latent frames -> 9 frames
+    assert video.shape == (2, 9, 64, 96, 3) and video.dtype == np.uint8 and (video == 5).all()
     # defaults for params not given come from the registering run's upscale.* (the signature)
-    assert StandInPipeline.calls[-1] == dict(prompt="a cat", steps=7, noise_aug=params.upscale.noise_aug,
-                                             seed=5, decode=True)
+    assert StandInPipeline.calls[-1] == dict(prompt="a cat", hr_size=(64, 96), steps=7, noise_aug=params.upscale.noise_aug,
+                                             guidance=params.upscale.guidance, seed=5, decode=True)
+
+
+def test_pyfunc_runs_a_real_tiny_model(params, tmp_path):
+    """The registered champion, loaded through MLflow, runs the real GVRPipeline (tiny preset, tiny codec)."""
+    import dataclasses
+
+    import mlflow
+
+    from gvr.config import CodecParams, TextParams
+    from gvr.eval.runner import to_uint8
+    from gvr.models.presets import PRESETS, build_model
+    from gvr.pipeline import GVRPipeline
+
+    tiny = PRESETS["gvr-tiny"]
+    model = build_model(tiny)
+    codec = dataclasses.asdict(CodecParams(kind="tiny", channels=16, device="cpu", dtype="float32"))
+    text = dataclasses.asdict(TextParams(kind="none", dim=tiny.text_dim, max_length=1, device="cpu", dtype="float32"))
+    model.save_pretrained(tmp_path / "tiny", extra={"codec": codec, "text": text})
+    registry.register(params, str(tmp_path / "tiny"), {"psnr": 30.0, "bilinear_psnr": 25.0})
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{params.tracking.registered_model}@champion")
+    latent = torch.randn(1, 16, 2, 4, 6, generator=torch.Generator().manual_seed(0))
+    video = pyfunc.predict(latent.numpy(), params={"steps": 2, "short_side": 32, "seed": 3})
+    assert video.shape == (1, 5, 32, 48, 3) and video.dtype == np.uint8  # 2 latent frames -> 5 frames
+    direct = GVRPipeline.from_pretrained(tmp_path / "tiny")(lr_latent=latent, hr_size=(32, 48), steps=2, seed=3)
+    assert np.array_equal(video[0], to_uint8(direct.video[0]))
