@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 FLEX_BLOCK = 128  # FlexAttention's sparse block on CUDA: tiles are padded to a multiple of it
@@ -61,16 +62,29 @@ def _from_kv_blocks_takes_compute_q_blocks() -> bool:
     return "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
 
 
+def _compact(flags: Tensor, index: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Per row: how many flags are set, and `index` with the flagged entries first, zero-padded to `width`."""
+    order = torch.argsort((~flags).to(torch.int8), dim=-1, stable=True)
+    picked = index.gather(-1, order).to(torch.int32)
+    return flags.sum(-1, dtype=torch.int32), F.pad(picked, (0, width - picked.shape[-1]))
+
+
 def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int, backward: bool):
     """BlockMask over tiled tokens where query tile g reads key tiles `units[b, h, g]`, or only itself if None.
 
-    `valid` (groups, size) marks real token slots; `size` is a multiple of FLEX_BLOCK. The q-side
-    block lists (for the backward pass) are built only when `backward` is set and torch can skip them.
+    `valid` (groups, size) marks real token slots. A tile of `size` slots spans size / FLEX_BLOCK kernel
+    blocks (one block of `size` on CPU); key blocks holding only padding are skipped, and blocks with no
+    padding are listed as full, so the kernel skips `mask_mod` there. The q-side lists, which only the
+    backward pass reads, are built only when `backward` is set (where torch can skip them).
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     device = valid.device
     flat_valid = valid.flatten()
+    per_tile = size // FLEX_BLOCK if size % FLEX_BLOCK == 0 else 1
+    block = size // per_tile
+    slots = valid.view(groups, per_tile, block)
+    nonempty, whole = slots.any(-1), slots.all(-1)  # (G, blocks per tile)
     if units is None:
         units = torch.arange(groups, device=device)[None, None, :, None]
 
@@ -83,13 +97,20 @@ def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int,
         def mask_mod(b, h, q_idx, kv_idx):
             return flat_valid[kv_idx] & allowed[b, h, q_idx // size, kv_idx // size]
 
-    # older torch infers the number of key blocks from the width of kv_indices: keep it `groups` wide
-    kv_indices = torch.zeros(*units.shape[:-1], groups, dtype=torch.int32, device=device)
-    kv_indices[..., : units.shape[-1]] = units
-    kv_num_blocks = torch.full(units.shape[:-1], units.shape[-1], dtype=torch.int32, device=device)
+    # 1. key blocks of every allowed tile, per query tile: (B, heads, G, units * blocks per tile)
+    kv = (units[..., None] * per_tile + torch.arange(per_tile, device=device)).flatten(-2)
+    partial = (nonempty & ~whole)[units].flatten(-2)
+    full = whole[units].flatten(-2)
+    # 2. older torch infers the key block count from the width of the lists: keep them G * blocks wide
+    width = groups * per_tile
+    kv_num, kv_idx = _compact(partial, kv, width)
+    full_num, full_idx = _compact(full, kv, width) if bool(whole.any()) else (None, None)
+    # 3. the query blocks of one tile share its key blocks
+    spread = lambda x: None if x is None else x.repeat_interleave(per_tile, dim=2)  # noqa: E731
     extra = {"compute_q_blocks": backward} if _from_kv_blocks_takes_compute_q_blocks() else {}
-    return BlockMask.from_kv_blocks(kv_num_blocks, kv_indices, BLOCK_SIZE=size, mask_mod=mask_mod,
-                                    seq_lengths=(groups * size, groups * size), **extra)
+    return BlockMask.from_kv_blocks(spread(kv_num), spread(kv_idx), spread(full_num), spread(full_idx),
+                                    BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(groups * size,) * 2,
+                                    **extra)
 
 
 def flex_tiles(qt: Tensor, kt: Tensor, vt: Tensor, t, units: Tensor | None = None) -> Tensor:
@@ -139,7 +160,7 @@ def _varlen(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, order: Tensor | No
         x = x.transpose(1, 2)
         return (x if order is None else x[:, order]).reshape(B * L, n, D)
 
-    cu_seqlens = torch.nn.functional.pad(lengths.repeat(B).cumsum(0), (1, 0)).to(torch.int32)
+    cu_seqlens = F.pad(lengths.repeat(B).cumsum(0), (1, 0)).to(torch.int32)
     longest = int(lengths.max())
     out = flash_attn_varlen_func(pack(q), pack(k), pack(v), cu_seqlens, cu_seqlens, longest, longest)
     out = out.view(B, L, n, D)

@@ -314,6 +314,22 @@ def test_flex_block_mask_lists_exactly_the_selected_tiles():
     assert bm.q_indices is not None  # backward needs the transposed lists
 
 
+def test_flex_block_mask_skips_padding_blocks_and_marks_full_ones():
+    # (1, 16, 16) windows on a 20 x 20 frame: 256-slot tiles of two 128-slot kernel blocks each
+    grid, window = (1, 20, 20), (1, 16, 16)
+    t = A.tiling(grid, window, (False, False, False), torch.device("cpu"), K.FLEX_BLOCK)
+    assert (t.groups, t.size) == (4, 256)
+    bm = K.tile_block_mask(None, t.valid, t.groups, t.size, backward=False)
+    lists = lambda num, idx: [sorted(idx[0, 0, i, : num[0, 0, i]].tolist()) for i in range(8)]  # noqa: E731
+    full, partial = lists(bm.full_kv_num_blocks, bm.full_kv_indices), lists(bm.kv_num_blocks, bm.kv_indices)
+    assert full[:2] == [[0, 1], [0, 1]] and partial[:2] == [[], []]  # whole 16 x 16 tile: no mask_mod
+    assert partial[2:4] == [[2, 3], [2, 3]]  # 16 x 4 tile: both blocks hold tokens
+    assert partial[4:6] == [[4], [4]] and full[4:6] == [[], []]  # 4 x 16 tile: second block is all padding
+    q, k, v = qkv(grid, B=1, heads=2)
+    out = A.from_tiles(K.flex_tiles(*(A.to_tiles(x, t) for x in (q, k, v)), t), t)
+    assert torch.allclose(out, A.masked_attention(q, k, v, A.window_mask(grid, window)), atol=1e-10)
+
+
 @pytest.fixture
 def fake_flash(monkeypatch):
     """A stand-in flash_attn module with flash-attn's layout, computing per sequence with SDPA."""
@@ -353,11 +369,18 @@ def test_flash_varlen_packing_equals_reference(fake_flash):
 GPU_GRID = (5, 20, 30)
 
 
+def gpu_variants(grid):
+    """The CPU variants plus the DiT's Swin window, whose tiles span several kernel blocks."""
+    swin = (5, 16, 16)
+    return variants(grid) + [("swin-shift", lambda q, k, v: A.window_attention(q, k, v, grid, swin, True),
+                              A.window_mask(grid, swin, True))]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["full", "temporal", "temporal-shift", "window", "window-shift"])
+@pytest.mark.parametrize("name", ["full", "temporal", "temporal-shift", "window", "window-shift", "swin-shift"])
 def test_gpu_fast_paths_forward_backward_bf16(name):
     grid = GPU_GRID
-    fast, mask = next((f, m) for n, f, m in variants(grid) if n == name)
+    fast, mask = next((f, m) for n, f, m in gpu_variants(grid) if n == name)
     q, k, v = qkv(grid, B=2, heads=4, D=64, dtype=torch.bfloat16, device="cuda")
     mask = None if mask is None else mask.cuda()
     for g, r in zip(grads(fast, q, k, v), grads(lambda *x: A.masked_attention(*(y.float() for y in x), mask),

@@ -1,0 +1,184 @@
+"""Attention benchmark on one CUDA GPU: dense SDPA vs temporal units vs Swin windows vs sparse local attention.
+
+Token grids 5x68x120 and 20x68x120 (17 and 77 frames at 1080p after the 8x VAE and 2x2 patches), heads
+12x128 and 24x64, bf16, batch 1, forward and forward+backward. Each case runs through the public
+function with the backend `attention()` would pick (`--backend` forces one); times are medians of
+CUDA-event timings (`triton.testing.do_bench`, L2 flushed between runs), compile time excluded.
+
+Per case: `ms`, `speedup_vs_sdpa` (dense SDPA on the same grid, heads and mode) and `effective_tflops`:
+4 * D * (query, key) pairs the mask allows, summed over heads, per second (x3.5 for forward+backward,
+flash-attention's convention); padding and skipped work do not count. Sparse local attention is also
+split into `select_ms` (unit means, scores, top-k, BlockMask), `layout_ms` (tiling q, k, v and
+untiling the output), `kernel_ms` (FlexAttention alone), with `selection_overhead` = select_ms /
+(layout_ms + kernel_ms) and `kernel_effective_tflops`.
+
+    python benchmarks/attention.py   # -> benchmarks/results/attention-<device>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gvr.models import attention as A
+from gvr.models import attention_kernels as K
+
+SWIN_WINDOW = (5, 16, 16)  # the DiT's Swin window (gvr.models.presets.DiTConfig.attention_window)
+UNIT_WINDOW = (9, 12)
+CASES = ("sdpa", "temporal_unit", "temporal_unit_shift", "window", "window_shift",
+         "sparse_local_top1", "sparse_local_top3", "sparse_local_top7")
+GOAL = "sparse_local_top1.20x68x120.24x64"
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("x"))
+
+
+def case_call(case: str, grid):
+    """The attention call of a case, and its mask's token-group sizes (None: sparse, data-dependent)."""
+    if case == "sdpa":
+        return (lambda q, k, v: F.scaled_dot_product_attention(q, k, v)), torch.tensor([math.prod(grid)])
+    if case.startswith("temporal_unit"):
+        shift = case.endswith("shift")
+        return ((lambda q, k, v: A.temporal_unit_attention(q, k, v, grid, 5, shift)),
+                torch.bincount(A.temporal_unit_ids(grid, 5, shift)))
+    if case.startswith("window"):
+        shift = case.endswith("shift")
+        return ((lambda q, k, v: A.window_attention(q, k, v, grid, SWIN_WINDOW, shift)),
+                torch.bincount(A.window_ids(grid, SWIN_WINDOW, shift)))
+    topk = int(case.removeprefix("sparse_local_top"))
+    return (lambda q, k, v: A.sparse_local_attention(q, k, v, grid, UNIT_WINDOW, topk)), None
+
+
+def attended_pairs(sizes: torch.Tensor | None, q, k, grid, case: str) -> float:
+    """(query, key) pairs the mask allows, summed over batch and heads."""
+    B, heads = q.shape[:2]
+    if sizes is not None:
+        return float((sizes.double() ** 2).sum()) * B * heads
+    units = A.select_units(q, k, grid, UNIT_WINDOW, int(case.removeprefix("sparse_local_top")))
+    unit_sizes = torch.bincount(A.unit_ids(grid, UNIT_WINDOW, q.device)).double()
+    return float((unit_sizes[None, None, :] * unit_sizes[units].sum(-1)).sum())
+
+
+def timer(fn, inputs, backward: bool) -> float:
+    """Median milliseconds of fn() (plus its backward) over CUDA events."""
+    from triton.testing import do_bench
+
+    if backward:
+        out = fn()
+        grad = torch.randn_like(out)
+
+        def run():
+            fn().backward(grad)
+    else:
+        def run():
+            with torch.no_grad():
+                fn()
+    run()  # compile and autotune outside the timed region
+    torch.cuda.synchronize()
+    return do_bench(run, warmup=50, rep=300, grad_to_none=list(inputs) if backward else None,
+                    return_mode="median")
+
+
+def sparse_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
+    """Forward sparse local attention split into selection, tiling and the FlexAttention kernel."""
+    t = A.tiling(grid, (1, *UNIT_WINDOW), (False, False, False), q.device, K.flex_multiple(q.device))
+    units = A.select_units(q, k, grid, UNIT_WINDOW, topk)
+    block_mask = K.tile_block_mask(units, t.valid, t.groups, t.size, backward=False)
+    tiles = [A.to_tiles(x, t) for x in (q, k, v)]
+    flex = K._compiled_flex()
+
+    def select():
+        u = A.select_units(q, k, grid, UNIT_WINDOW, topk)
+        return K.tile_block_mask(u, t.valid, t.groups, t.size, backward=False)
+
+    def layout():
+        return A.from_tiles(A.to_tiles(q, t) + A.to_tiles(k, t) + A.to_tiles(v, t), t)
+
+    with torch.no_grad():
+        return {
+            "select_ms": timer(select, (), False),
+            "layout_ms": timer(layout, (), False),
+            "kernel_ms": timer(lambda: flex(*tiles, block_mask=block_mask), (), False),
+        }
+
+
+def bench_config(grid, heads: int, D: int, modes, cases, backend: str) -> dict[str, float]:
+    """All cases and modes on one grid and head layout."""
+    metrics: dict[str, float] = {}
+    g, h = "x".join(map(str, grid)), f"{heads}x{D}"
+    q, k, v = (torch.randn(1, heads, math.prod(grid), D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    for mode in modes:
+        backward = mode == "fwdbwd"
+        for case in cases:
+            fn, sizes = case_call(case, grid)
+            with A.use_backend(backend):
+                ms = timer(lambda: fn(q, k, v), (q, k, v), backward)  # noqa: B023 (called before fn changes)
+            flops = 4 * D * attended_pairs(sizes, q.detach(), k.detach(), grid, case)
+            flops *= 3.5 if backward else 1.0
+            key = f"{case}.{g}.{h}.{mode}"
+            metrics[f"{key}.ms"] = ms
+            metrics[f"{key}.speedup_vs_sdpa"] = metrics[f"sdpa.{g}.{h}.{mode}.ms"] / ms
+            metrics[f"{key}.effective_tflops"] = flops / ms / 1e9
+            if case.startswith("sparse_local") and not backward and backend in ("auto", "flex"):
+                parts = sparse_breakdown(q.detach(), k.detach(), v.detach(), grid,
+                                         int(case.removeprefix("sparse_local_top")))
+                metrics.update({f"{key}.{name}": value for name, value in parts.items()})
+                metrics[f"{key}.selection_overhead"] = parts["select_ms"] / (parts["layout_ms"] + parts["kernel_ms"])
+                metrics[f"{key}.kernel_effective_tflops"] = flops / parts["kernel_ms"] / 1e9
+            print(f"{key:52s} {ms:9.3f} ms  x{metrics[f'{key}.speedup_vs_sdpa']:7.1f}  "
+                  f"{metrics[f'{key}.effective_tflops']:7.1f} TFLOP/s", flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grids", default="5x68x120,20x68x120")
+    parser.add_argument("--heads", default="12x128,24x64", help="heads x head dim, comma separated")
+    parser.add_argument("--modes", default="fwd,fwdbwd")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--backend", default="auto", choices=A.BACKENDS)
+    parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/attention-<device>.json)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/attention.py needs a CUDA GPU")
+
+    cases = args.cases.split(",")
+    if "sdpa" not in cases:
+        cases = ["sdpa", *cases]  # every speedup is relative to it
+    metrics: dict[str, float] = {}
+    for grid in (parse_shape(g) for g in args.grids.split(",")):
+        for heads, D in (parse_shape(h) for h in args.heads.split(",")):
+            metrics.update(bench_config(grid, heads, D, args.modes.split(","), cases, args.backend))
+            torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name()
+    for name in ("speedup_vs_sdpa", "effective_tflops", "selection_overhead", "kernel_effective_tflops"):
+        if f"{GOAL}.fwd.{name}" in metrics:
+            metrics[f"goal.{name}"] = metrics[f"{GOAL}.fwd.{name}"]
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    out = Path(args.out or f"benchmarks/results/attention-{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "attention",
+        "device": device,
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+        "command": shlex.join(["python", "benchmarks/attention.py", *(argv if argv is not None else sys.argv[1:])]),
+        "metrics": {name: round(value, 4) for name, value in metrics.items()},
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
