@@ -12,8 +12,11 @@ Choices where RealBasicVSR's recipe needed adapting to full frames:
 - video bitrates are given in bits per frame per HR pixel (`cfg.video_bpp`): RealBasicVSR's
   1e4..1e5 bit/frame on 256x256 crops is 0.15..1.5, so large frames get proportionally more bits;
 - Poisson noise is drawn exactly where the expected count is below 50 and from its normal
-  approximation above (indistinguishable after 8-bit quantisation, ten times faster);
-- the unsharp-masked GT target of RealBasicVSR is a training-loss choice and is not made here.
+  approximation above (indistinguishable after 8-bit quantisation, several times faster);
+- the unsharp-masked GT target of RealBasicVSR is a training-loss choice and is not made here;
+- JPEG gets BGR frames, as OpenCV expects (RealBasicVSR passed RGB, swapping red and blue weights);
+- x264 runs with the `veryfast` preset (`cfg.video_preset`; RealBasicVSR ran FFmpeg's `medium`,
+  3x slower) on a fixed 4 threads, so a seed gives the same bitstream on any machine.
 """
 
 from __future__ import annotations
