@@ -113,8 +113,9 @@ class LatentPairDataset(Dataset):
                 "z0_shape": self.indexes[0][1]["z0_shape"], "c0_shape": self.indexes[0][1]["c0_shape"]}
 
     def null_text(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The null prompt as a batch of one: (1, L, D) embedding and (1, L) mask."""
         t = load_tensors(join(self._null_dir, NULL_TEXT), self.storage)
-        return t["text"].float().to(device), t["text_mask"].bool().to(device)
+        return t["text"].float()[None].to(device), t["text_mask"].bool()[None].to(device)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -106,7 +106,7 @@ def shard_name(video: str, set_name: str, pair_set: PairSetParams, params: Param
 def _encoders(params_json: str):
     """Codec, text encoder (and base model for model-guided pairs) of this worker process, loaded once."""
     from gvr.config import params_from_json
-    from gvr.models.text import load_text_encoder
+    from gvr.models.text import text_encoder_from_params
     from gvr.models.vae import codec_from_params
     from gvr.runtime import pick_device, torch_dtype
 
@@ -114,8 +114,7 @@ def _encoders(params_json: str):
     device = pick_device(params.compute.device)
     dtype = torch_dtype(params.compute.dtype, device)
     codec = codec_from_params(params.codec, device=device, dtype=dtype)
-    text = load_text_encoder(params.text.kind, params.text.path, device=device, dtype=dtype,
-                             max_length=params.text.max_length)
+    text = text_encoder_from_params(params.text, device=device, dtype=dtype)
     return params, device, dtype, codec, text
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from gvr.config import TrainParams
 from gvr.errors import ConfigError
 
@@ -22,18 +24,15 @@ def deepspeed_config(train: TrainParams, *, world_size: int, cuda: bool, dtype: 
     """The dict passed to `deepspeed.initialize(config=...)`.
 
     ZeRO and bf16 only apply on CUDA; on CPU (tests, tiny profile) the engine runs plain fp32 data
-    parallelism over gloo, which exercises the same code path at small scale.
+    parallelism over gloo, which exercises the same code path at small scale. On CUDA DeepSpeed builds
+    its fused AdamW; on CPU the caller passes `torch.optim.AdamW` (`cpu_optimizer`) instead, which
+    is the same update without a C++ build on first use.
     """
     micro, accum = batch_split(train, world_size)
-    return {
+    cfg = {
         "train_batch_size": train.global_batch,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
-        "optimizer": {
-            "type": "AdamW",
-            "params": {"lr": train.lr, "betas": list(train.betas), "eps": 1e-8,
-                       "weight_decay": train.weight_decay},
-        },
         "scheduler": {
             "type": "WarmupLR",
             "params": {"warmup_min_lr": 0.0, "warmup_max_lr": train.lr,
@@ -46,3 +45,13 @@ def deepspeed_config(train: TrainParams, *, world_size: int, cuda: bool, dtype: 
         "steps_per_print": 10**9,  # progress and logging are ours (tqdm + MLflow)
         "wall_clock_breakdown": False,
     }
+    if cuda:
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": train.lr, "betas": list(train.betas), "eps": 1e-8,
+                                                        "weight_decay": train.weight_decay}}
+    return cfg
+
+
+def cpu_optimizer(train: TrainParams, parameters) -> torch.optim.Optimizer:
+    """AdamW with the params' settings, for CPU engines (see `deepspeed_config`)."""
+    return torch.optim.AdamW(parameters, lr=train.lr, betas=tuple(train.betas), eps=1e-8,
+                             weight_decay=train.weight_decay)

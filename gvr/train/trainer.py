@@ -54,9 +54,11 @@ def build_stage_model(params: Params, stage: str, device: torch.device):
     elif params.model.init:
         from gvr.models.presets import load_init
 
-        model = load_init(params.model, device=device)
+        model = load_init(params.model, device=device, text_dim=params.text.dim,
+                          latent_channels=params.codec.channels)
     else:
-        model = build_model(resolve(params.model)).to(device)
+        cfg = resolve(params.model, text_dim=params.text.dim, latent_channels=params.codec.channels)
+        model = build_model(cfg, device=device)
     kind = params.train.stages[stage].attention
     if kind:
         model.set_attention(kind)
@@ -103,12 +105,9 @@ def _checkpoint_dir(params: Params, stage: str) -> Path:
 
 def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
     """Train `stage` on this rank; rank 0 exports the model. Returns the export path."""
-    import deepspeed
-
     from gvr import tracking
     from gvr.data.shards import LatentPairDataset
     from gvr.diffusion.flow_matching import training_loss
-    from gvr.train.deepspeed_config import deepspeed_config
 
     sp, tp = params.train.stages[stage], params.train
     layout = Layout.of(params)
@@ -134,10 +133,7 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
     if model.cfg.text_dim != dataset.text_dim:
         raise ConfigError(f"model text dim {model.cfg.text_dim} != text embeddings in the pairs "
                           f"({dataset.text_dim}); check model.* and text.dim")
-    ds_cfg = deepspeed_config(tp, world_size=world, cuda=device.type == "cuda", dtype=params.compute.dtype)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()
-                                                                           if p.requires_grad],
-                                           config=ds_cfg)
+    engine = _engine(model, params, world, device)
     dtype = torch_dtype(params.compute.dtype, device)
     t_sampler = _timestep_sampler(params, stage)
 
@@ -151,8 +147,7 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
         else:
             log.warning("%s: checkpoints in %s come from other params/data; starting over", stage, ckpt_dir)
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-            engine, _, _, _ = deepspeed.initialize(model=build_stage_model(params, stage, device),
-                                                   config=ds_cfg)
+            engine = _engine(build_stage_model(params, stage, device), params, world, device)
     elif not resume:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
@@ -206,6 +201,20 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
     if world > 1:
         torch.distributed.barrier()
     return out
+
+
+def _engine(model, params: Params, world: int, device: torch.device):
+    """The DeepSpeed engine around `model`, configured from `params.train`."""
+    import deepspeed
+
+    from gvr.train.deepspeed_config import cpu_optimizer, deepspeed_config
+
+    cuda = device.type == "cuda"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    cfg = deepspeed_config(params.train, world_size=world, cuda=cuda, dtype=params.compute.dtype)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=cfg,
+                                           optimizer=None if cuda else cpu_optimizer(params.train, trainable))
+    return engine
 
 
 def _progress(rank: int, stage: str, total: int, initial: int):
