@@ -45,7 +45,6 @@ except ImportError:  # nodes without mlflow can still resolve and load local mod
 log = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "model"  # the exported folder's key in the pyfunc's artifacts
-INPUT_NAME = "lr_latent"  # the pyfunc's input tensor
 PROMOTED_TAG = "gvr.promoted"
 REASON_TAG = "gvr.promotion_reason"
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -78,15 +77,13 @@ class GVRModel(PythonModel):
         self.pipe = load_pipeline(context.artifacts[ARTIFACT_KEY], cfg.get("device", "auto"),
                                   cfg.get("dtype", "bfloat16"))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         import torch
 
         from gvr.eval.runner import to_uint8
         from gvr.upscale import hr_size_for
 
         p = {**PREDICT_DEFAULTS, **(params or {})}
-        if isinstance(model_input, dict):  # the signature names the tensor, so MLflow passes {name: array}
-            model_input = model_input[INPUT_NAME]
         lr = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32))  # (B, C, T, h, w)
         f = self.pipe.codec.spatial_factor
         size = hr_size_for((lr.shape[3] * f, lr.shape[4] * f), int(p["short_side"]))
@@ -106,8 +103,8 @@ def predict_signature(params: Params):
 
     up = params.upscale
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1, -1), INPUT_NAME)]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1, 3), "video")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, -1, 3))]),
         params=ParamSchema([ParamSpec("prompt", "string", ""), ParamSpec("steps", "long", up.steps),
                             ParamSpec("noise_aug", "double", up.noise_aug), ParamSpec("guidance", "double", up.guidance),
                             ParamSpec("seed", "long", up.seed), ParamSpec("short_side", "long", up.short_side)]),
