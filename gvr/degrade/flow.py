@@ -5,8 +5,8 @@ regions and blur them along the motion. Both effects are driven by the DIS optic
 frame to its previous frame, `cur(p) ~ prev(p + flow(p))`.
 
 Choices the paper leaves open (all in `FlowDegradeParams`):
-- flow is computed on grey frames shrunk to `flow_max_side` (default 640 px on the long side),
-  then resized back; a pixel counts as moving from `motion_threshold` px/frame, fully from twice
+- flow is computed on grey frames shrunk to `flow_max_side` (default 640 px on the long side;
+  frames under 16 px on a side are enlarged instead), then resized back; a pixel counts as moving from `motion_threshold` px/frame, fully from twice
   that (smoothstep), and the resulting weight is feathered by a small Gaussian;
 - colour blending: each frame gets `ellipses` (default 2..12) ellipses centred on moving pixels,
   semi-major axis `ellipse_axis` (3..10 % of the short side) plus half the local speed,
@@ -40,6 +40,7 @@ from gvr.degrade.common import check_clip, check_rng, to_uint8, uniform
 
 DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+MIN_FLOW_SIDE = 16  # px; smaller frames are enlarged for the flow (DIS rejects sides under 12)
 
 
 def degrade_video(frames: np.ndarray, rng: np.random.Generator, cfg: FlowDegradeParams | None = None) -> np.ndarray:
@@ -92,10 +93,12 @@ def flows_to_previous(frames: np.ndarray, preset: str = "medium", max_side: int 
     """
     t, h, w, _ = frames.shape
     scale = min(1.0, max_side / max(h, w)) if max_side else 1.0
-    sh, sw = max(8, round(h * scale)), max(8, round(w * scale))
+    scale = max(scale, MIN_FLOW_SIDE / min(h, w))  # DIS needs a few patches per side
+    sh, sw = round(h * scale), round(w * scale)
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     if (sh, sw) != (h, w):
-        grey = [cv2.resize(g, (sw, sh), interpolation=cv2.INTER_AREA) for g in grey]
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        grey = [cv2.resize(g, (sw, sh), interpolation=interpolation) for g in grey]
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
     pairs = [(0, 1)] + [(i, i - 1) for i in range(1, t)]
     out = np.empty((t, h, w, 2), dtype=np.float32)

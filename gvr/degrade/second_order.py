@@ -10,7 +10,8 @@ Choices where RealBasicVSR's recipe needed adapting to full frames:
 - resize scales are relative to the size each round starts at (as in RealBasicVSR); intermediate
   sizes are rounded to even numbers (4:2:0 video) and kept >= 8 pixels;
 - video bitrates are given in bits per frame per HR pixel (`cfg.video_bpp`): RealBasicVSR's
-  1e4..1e5 bit/frame on 256x256 crops is 0.15..1.5, so large frames get proportionally more bits;
+  1e4..1e5 bit/frame on 256x256 crops is 0.15..1.5, so large frames get proportionally more bits
+  (and tiny ones at least 1000, x264's floor);
 - Poisson noise is drawn exactly where the expected count is below 50 and from its normal
   approximation above (indistinguishable after 8-bit quantisation, several times faster);
 - the unsharp-masked GT target of RealBasicVSR is a training-loss choice and is not made here;
@@ -39,6 +40,7 @@ STEPS = {"sigma": 0.02, "angle": 0.31416, "beta_gaussian": 0.05, "beta_plateau":
          "gaussian_sigma": 0.1, "poisson_scale": 0.005, "jpeg_quality": 3.0}
 MIN_SIDE = 8
 PRESET_CODECS = ("libx264", "h264", "libx265", "hevc")
+MIN_BITRATE = 1000  # bit/frame; x264 counts in kbit and rejects less
 POISSON_EXACT_BELOW = 50.0
 
 
@@ -294,7 +296,7 @@ def video_roundtrip(frames: np.ndarray, codec: str, bitrate: int, preset: str = 
 def _random_video_compression(x: np.ndarray, rng: np.random.Generator, cfg: SecondOrderParams,
                               hr_pixels: int) -> np.ndarray:
     codec = cfg.codecs[rng.integers(len(cfg.codecs))]
-    bitrate = int(uniform(rng, cfg.video_bpp) * hr_pixels)
+    bitrate = max(MIN_BITRATE, int(uniform(rng, cfg.video_bpp) * hr_pixels))
     return video_roundtrip(to_uint8(x), codec, bitrate, cfg.video_preset).astype(np.float32) * np.float32(1 / 255)
 
 

@@ -60,6 +60,12 @@ def test_static_regions_stay_and_moving_regions_change():
     assert np.mean(moved) > 3.0, moved
 
 
+@pytest.mark.parametrize("shape", [(2, 2, 2), (3, 9, 17), (2, 64, 96)])
+def test_tiny_clips_work(shape):
+    frames = (np.random.default_rng(0).random((*shape, 3)) * 255).astype(np.uint8)
+    assert flow.degrade_video(frames, np.random.default_rng(0)).shape == frames.shape
+
+
 def test_clip_without_motion_is_unchanged():
     frames = np.repeat(moving_square_clip(t=1), 4, axis=0)
     np.testing.assert_array_equal(flow.degrade_video(frames, np.random.default_rng(0)), frames)

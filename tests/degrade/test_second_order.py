@@ -50,6 +50,14 @@ def test_shape_dtype_and_odd_sizes():
     assert odd.shape == (9, 45, 61, 3)
 
 
+@pytest.mark.parametrize("shape, size", [((3, 64, 96), (32, 48)), ((2, 2, 2), (2, 2)), ((2, 17, 9), (5, 3)),
+                                         ((2, 33, 47), (64, 96))])
+def test_tiny_and_odd_clips_survive_every_draw(shape, size):
+    frames = (np.random.default_rng(0).random((*shape, 3)) * 255).astype(np.uint8)
+    for seed in range(12):
+        assert so.degrade_video(frames, size, np.random.default_rng(seed)).shape == (shape[0], *size, 3)
+
+
 def test_same_seed_same_output_other_seed_differs():
     frames = textured_clip()
     a = so.degrade_video(frames, SIZE, np.random.default_rng(7))
