@@ -6,8 +6,9 @@ frame to its previous frame, `cur(p) ~ prev(p + flow(p))`.
 
 Choices the paper leaves open (all in `FlowDegradeParams`):
 - flow is computed on grey frames shrunk to `flow_max_side` (default 640 px on the long side;
-  frames under 16 px on a side are enlarged instead), then resized back; a pixel counts as moving from `motion_threshold` px/frame, fully from twice
-  that (smoothstep), and the resulting weight is feathered by a small Gaussian;
+  frames under 16 px on a side are enlarged instead), then resized back; a pixel counts as
+  moving from `motion_threshold` px/frame, fully from twice that (smoothstep), and the resulting
+  weight is feathered by a small Gaussian;
 - colour blending: each frame gets `ellipses` (default 2..12) ellipses centred on moving pixels,
   semi-major axis `ellipse_axis` (3..10 % of the short side) plus half the local speed,
   aspect 0.3..1, oriented along the local motion with `ellipse_jitter` rad of noise. Each ellipse
