@@ -201,3 +201,16 @@ def test_real_sample_videos(tmp_path, sample_videos):
     assert by_name["realshort.mp4"]["reason"] == "too_short"  # 36 frames
     assert by_name["vtest.avi"]["frames"] == 795 and by_name["vtest.avi"]["accepted"]
     assert (by_name["cockatoo.mp4"]["width"], by_name["cockatoo.mp4"]["height"]) == (1280, 720)
+
+
+@pytest.mark.slow
+def test_curate_through_ray(raw, tmp_path):
+    """The same verdicts when videos are measured in Ray workers (starts a local instance: slow)."""
+    ray = pytest.importorskip("ray")
+    params = make_params(raw, tmp_path / "out")
+    params.compute.use_ray = True
+    try:
+        table, _ = curate(params, progress=False)
+    finally:
+        ray.shutdown()
+    assert reasons_by_name(table, raw) == EXPECTED
