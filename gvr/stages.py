@@ -50,40 +50,46 @@ def stage_model(params: Params, model_dir: str | None) -> str:
 def derive_sampler(params: Params) -> dict:
     """Detail-aware timestep distribution from the uniform-trained first stage (paper §3.4, Fig. 6)."""
     from gvr.diffusion.timesteps import derive_detail_aware
-    from gvr.io.storage import local_dir
+    from gvr.io.storage import atomic_dir, local_dir
     from gvr.pipeline import GVRPipeline
-    from gvr.runtime import pick_device, torch_dtype
+    from gvr.runtime import pick_device
 
     layout = Layout.of(params)
     first = list(params.train.stages)[0]
     device = pick_device(params.compute.device)
-    pipe = GVRPipeline.from_pretrained(local_dir(layout.model(first), params.storage), device=device,
-                                       dtype=torch_dtype(params.compute.dtype, device))
-    sets = [n for n in params.train.stages[first].pairs]
-    clips = _lr_latents(params, sets, params.sampler.clips)
-    with tracking.stage_run(params, "derive-sampler"):
-        result = derive_detail_aware(pipe, clips, params.sampler, out_dir=layout.sampler, storage=params.storage)
-        tracking.log_artifacts(layout.sampler, params.storage)
-    return result
+    model = GVRPipeline.from_pretrained(local_dir(layout.model(first), params.storage), device=device).model
+    clips, hr_size = _lr_clips(params, params.train.stages[first].pairs, params.sampler.clips, device)
+    sp = params.sampler
+    with tracking.stage_run(params, "derive-sampler"), atomic_dir(layout.sampler, params.storage) as tmp:
+        curve = derive_detail_aware(model, clips, hr_size=hr_size, steps=sp.steps,
+                                    noise_aug=params.evaluate.noise_aug, cutoff=sp.high_freq_cutoff,
+                                    bins=sp.bins, seed=params.compute.seed, json_path=f"{tmp}/detail_aware.json",
+                                    plot_path=f"{tmp}/detail_curve.png", progress=True)
+        tracking.log_artifacts(tmp)
+        tracking.log_metrics({"sampler_clips": curve.clips})
+    return {"clips": curve.clips, "variation": curve.variation}
 
 
-def _lr_latents(params: Params, sets: list[str], limit: int):
-    """Up to `limit` (c0, text, text_mask, z0 shape) tuples from the given training pair sets."""
+def _lr_clips(params: Params, sets: list[str], limit: int, device):
+    """Up to `limit` (c0, text, text_mask) batches of one from training pair sets, and their HR latent size."""
     from gvr.data.shards import load_tensors, read_index
     from gvr.layout import join
 
-    out = []
+    clips, hr_size = [], None
     for name in sets:
         set_dir = Layout.of(params).pairs(name)
-        for shard in read_index(set_dir, params.storage)["shards"]:
-            t = load_tensors(join(set_dir, shard["file"]), params.storage, keys=("z0", "c0", "text", "text_mask"))
+        index = read_index(set_dir, params.storage)
+        hr_size = hr_size or tuple(index["z0_shape"][-2:])
+        for shard in index["shards"]:
+            t = load_tensors(join(set_dir, shard["file"]), params.storage, keys=("c0", "text", "text_mask"))
             for row in range(shard["count"]):
-                out.append({k: v[row] for k, v in t.items()})
-                if len(out) >= limit:
-                    return out
-    if not out:
+                clips.append((t["c0"][row:row + 1].float().to(device), t["text"][row:row + 1].float().to(device),
+                              t["text_mask"][row:row + 1].bool().to(device)))
+                if len(clips) >= limit:
+                    return clips, hr_size
+    if not clips:
         raise InputError(f"derive-sampler: no pairs in sets {sets}")
-    return out
+    return clips, hr_size
 
 
 def evaluate(params: Params, model_dir: str | None = None) -> dict[str, float]:
@@ -103,6 +109,7 @@ def evaluate(params: Params, model_dir: str | None = None) -> dict[str, float]:
 def register(params: Params, model_dir: str | None = None) -> dict:
     """Register the evaluated model in MLflow; move the champion alias if the rule holds."""
     from gvr.io.storage import exists, read_json, write_json
+    from gvr.registry import describe
     from gvr.registry import register as register_model
 
     layout = Layout.of(params)
@@ -111,7 +118,8 @@ def register(params: Params, model_dir: str | None = None) -> dict:
         raise InputError(f"{layout.metrics}: no evaluation metrics; run `gvr evaluate` first")
     metrics = read_json(layout.metrics, params.storage)
     with tracking.stage_run(params, "register") as run:
-        decision = register_model(params, model_dir, metrics, run_id=run.info.run_id if run else None)
+        version = register_model(params, model_dir, metrics, run_id=run.info.run_id if run else None)
+        decision = describe(version, params)
     write_json(layout.registry, decision, params.storage)
     log.info("register: %s", decision)
     return decision

@@ -97,8 +97,10 @@ class PairJob:
 
 def shard_name(video: str, set_name: str, pair_set: PairSetParams, params: Params) -> str:
     """Content-addressed shard file name: changes whenever the inputs that shape it change."""
-    key = repr((video, set_name, pair_set, params.degrade.hr_size, params.degrade.lr_size,
-                params.degrade.latent_dtype, params.codec, params.text, params.compute.seed))
+    d = params.degrade
+    key = repr((video, set_name, pair_set, d.hr_size, d.lr_size, d.latent_dtype, d.second_order, d.flow,
+                d.model_guided_alpha, d.model_guided_steps, params.base, params.codec, params.text,
+                params.compute.seed))
     return f"shards/{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
 
 
@@ -144,11 +146,11 @@ def _lr_latent(hr: np.ndarray, method: str, params: Params, rng: np.random.Gener
     if method == "second_order":
         from gvr.degrade.second_order import degrade_video
 
-        lr = degrade_video(hr, lr_size, rng, getattr(params.degrade, "second_order", None))
-    elif method == "flow":
+        lr = degrade_video(hr, lr_size, rng, params.degrade.second_order)
+    elif method == "flow":  # at LR: where the base model's motion artefacts live, and 8x fewer pixels
         from gvr.degrade.flow import degrade_video
 
-        lr = resize_video(degrade_video(hr, rng, getattr(params.degrade, "flow", None)), lr_size)
+        lr = degrade_video(resize_video(hr, lr_size), rng, params.degrade.flow)
     else:  # resize, and the pixel start of model_guided
         lr = resize_video(hr, lr_size)
     c0 = codec.encode(to_model(lr).to(device, dtype))
