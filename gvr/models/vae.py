@@ -177,7 +177,7 @@ def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid:
             out[..., oy, ox] += res.float() * wmap
             weight[oy, ox] += wmap
             del res
-    return out / weight
+    return out.div_(weight)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,12 +238,13 @@ class VideoCodec(nn.Module):
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Video (B, 3, T, H, W) in [-1, 1] -> normalised latent (B, C, t, H/8, W/8), on the input's device and dtype."""
-        self._check_video(video)
+        in_range = self._check_video(video)
         video = pad_frames(video, self.temporal_factor)
         grid = (video.shape[-2] // self.spatial_factor, video.shape[-1] // self.spatial_factor)
         out = []
         for sample in video.split(1):  # one clip at a time bounds memory independently of B
-            sample = sample.to(self.device, self.dtype).clamp(-1, 1)
+            sample = sample.to(self.device, self.dtype)
+            sample = sample if in_range else sample.clamp(-1, 1)  # resampling overshoot
             raw = self._spatial(self.encode_raw, sample, grid, self.spatial_factor, 1)
             out.append(self.normalize(raw).to(video.device, video.dtype))
         return torch.cat(out)
@@ -260,12 +261,12 @@ class VideoCodec(nn.Module):
         for sample in latent.split(1):
             raw = self.denormalize(sample.to(self.device)).to(self.dtype)
             video = self._spatial(self.decode_raw, raw, tuple(latent.shape[-2:]), 1, self.spatial_factor)
-            out.append(video.clamp(-1, 1)[:, :, :frames].to(latent.device, latent.dtype))
+            out.append(video.clamp_(-1, 1)[:, :, :frames].to(latent.device, latent.dtype))
         return torch.cat(out)
 
     def _spatial(self, fn, x: torch.Tensor, grid: tuple[int, int], factor_in: int, factor_out: int) -> torch.Tensor:
         if not self.tiling.enabled or max(grid) <= self.tiling.size:
-            return fn(x).float()
+            return fn(x)
         return tiled_map(fn, x, grid, self.tiling, factor_in, factor_out)
 
     def _check_size(self, height: int, width: int) -> None:
@@ -274,7 +275,8 @@ class VideoCodec(nn.Module):
             raise InputError(f"video height and width must be positive multiples of {f}; got {height}x{width} "
                              "(resize or crop first)")
 
-    def _check_video(self, video: Any) -> None:
+    def _check_video(self, video: Any) -> bool:
+        """Raise InputError for unusable videos; returns whether the values already lie in [-1, 1]."""
         if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
             shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
             raise InputError(f"{self.kind} codec: video must be a tensor (B, 3, T, H, W); got {shape}")
@@ -289,6 +291,7 @@ class VideoCodec(nn.Module):
         if peak > 1.5:  # resampling overshoot is clamped; this is data on another scale
             raise InputError(f"{self.kind} codec: video values must lie in [-1, 1]; got values up to {peak:.3g} "
                              "(0-255 data? use x / 127.5 - 1)")
+        return peak <= 1.0
 
     def _check_latent(self, latent: Any) -> None:
         c = self.latent_channels
