@@ -120,6 +120,15 @@ def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: G
 # --------------------------------------------------------------------------------------------
 
 
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the weights' and input's dtype; returns float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention, q/k RMS-normed across heads, RoPE; `attend` is the pattern."""
 
@@ -225,16 +234,16 @@ class GVRBlock(nn.Module):
         # Per-block offsets of [3D attn (shift, scale, gate), FFN (...), 2D attn (...)] to the shared
         # time projection; zero so that a fresh block starts as the identity (adaLN-Zero).
         self.modulation = nn.Parameter(torch.zeros(1, n_mod, d))
-        self.norm = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.norm = FP32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.attn2d = SelfAttention(d, cfg.heads, cfg.eps) if cfg.spatial_attention else None
         self.attn3d = SelfAttention(d, cfg.heads, cfg.eps)
-        self.cross_norm = nn.LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_norm = FP32LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
         self.cross = CrossAttention(d, cfg.heads, cfg.eps)
         self.ffn = FeedForward(d, cfg.ffn_dim)
         self.attn_kind, self.attn_opts = "full", {}
 
     def _norm_mod(self, x: torch.Tensor, m: Modulation) -> torch.Tensor:
-        return modulate(self.norm(x.float()), m.shift, m.scale).type_as(x)
+        return modulate(self.norm(x), m.shift, m.scale).type_as(x)
 
     def _attend3d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Grid) -> torch.Tensor:
         return attention_3d(q, k, v, grid, self.attn_kind, **self.attn_opts)
@@ -251,7 +260,7 @@ class GVRBlock(nn.Module):
         y = self.attn3d(self._norm_mod(x, a3), inp.rope, partial(self._attend3d, grid=inp.grid))
         x = _gated(x, y, a3.gate)
         # 3. text cross-attention
-        x = x + self.cross(self.cross_norm(x.float()).type_as(x), inp.text, inp.text_mask)
+        x = x + self.cross(self.cross_norm(x).type_as(x), inp.text, inp.text_mask)
         # 4. feed-forward
         return _gated(x, self.ffn(self._norm_mod(x, ff)), ff.gate)
 
@@ -262,7 +271,7 @@ class TokenConcat(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.embed = nn.Linear(cfg.latent_channels * math.prod(cfg.patch), cfg.dim)
-        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.norm = FP32LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
         self.attn = SelfAttention(cfg.dim, cfg.heads, cfg.eps)
         self.cfg = cfg
 
@@ -275,7 +284,7 @@ class TokenConcat(nn.Module):
         rope = tuple(torch.cat([a, b]) for a, b in zip(inp.rope, lr_rope))
         c = self.embed(patchify(c_t.to(x.dtype), p))  # (B, L_lr, D)
         xc = torch.cat([x, c], dim=1)  # (B, L + L_lr, D)
-        y = self.attn(self.norm(xc.float()).type_as(xc), rope, F.scaled_dot_product_attention)
+        y = self.attn(self.norm(xc).type_as(xc), rope, F.scaled_dot_product_attention)
         return x + y[:, : x.shape[1]]
 
 
@@ -301,7 +310,7 @@ class SimpleGVR(nn.Module):
         self.time_proj = nn.Linear(d, self.n_mod * d)
         self.text_embed = TextProjection(cfg.text_dim, d)
         self.blocks = nn.ModuleList(GVRBlock(cfg) for _ in range(cfg.depth))
-        self.head_norm = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.head_norm = FP32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.head_modulation = nn.Parameter(torch.zeros(1, 2, d))
         self.head = nn.Linear(d, pv * c)
         if not self.head.weight.is_meta:  # meta-built models get their values assigned later
@@ -431,7 +440,7 @@ class SimpleGVR(nn.Module):
             x = self._maybe_checkpoint(block, x, inp)
         # 5. modulated head, back to latent layout
         shift, scale = (self.head_modulation + temb[:, None].float()).chunk(2, dim=1)  # (B, 1, D) each
-        x = self.head(modulate(self.head_norm(x.float()), shift, scale).type_as(x))  # (B, L, pv*C)
+        x = self.head(modulate(self.head_norm(x), shift, scale).type_as(x))  # (B, L, pv*C)
         return unpatchify(x, grid, cfg.patch)
 
     # ---- artifacts -----------------------------------------------------------------------------
