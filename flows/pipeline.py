@@ -30,18 +30,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
-from flows.workspace import (
+from gvr import tracking
+from gvr.errors import GVRError
+from gvr.tracking import StageResult
+from gvr.workspace import (
     Stage,
     apply_params,
     dvc_status,
     read_stages,
     run_command,
     select_stages,
+    tool_env,
     workspace_lock,
 )
-from gvr import tracking
-from gvr.errors import GVRError
-from gvr.tracking import StageResult
 
 SUMMARY_KEY = "gvr-summary"  # the Prefect markdown artifact's key (one version per flow run)
 
@@ -51,7 +52,7 @@ SUMMARY_KEY = "gvr-summary"  # the Prefect markdown artifact's key (one version 
 def run_stage(stage: Stage, workspace: str, env: dict[str, str], use_dvc: bool) -> StageResult:
     """Run one stage, through `dvc repro --single-item` or its commands directly; raise on failure."""
     logger = get_run_logger()
-    full_env = {**os.environ, **env}
+    full_env = tool_env({**os.environ, **env})  # `gvr` and `dvc` from this installation
     if use_dvc:
         res = run_command(["dvc", "repro", "--single-item", stage.name], workspace, full_env, logger.info)
         status = dvc_status(res.output)

@@ -87,22 +87,18 @@ def upscale_one(pipe, job: Job, params: Params, output: str, prompt: str, save_l
     start = time.perf_counter()
     fps = up.fps
     if job.src.lower().endswith(LATENT_EXTENSIONS):
-        c0 = load_lr_latent(job.src, params).to(pipe.device)
-        f = pipe.codec.spatial_factor
-        frames = (c0.shape[2] - 1) * pipe.codec.temporal_factor + 1
-        lr_hw = (c0.shape[3] * f, c0.shape[4] * f)
+        inputs = {"lr_latent": load_lr_latent(job.src, params)}
+        lr_hw = tuple(d * pipe.codec.spatial_factor for d in inputs["lr_latent"].shape[-2:])
     else:
         info = probe(job.src, params.storage)
-        video = read_frames(job.src, storage=params.storage)
-        frames, lr_hw, fps = len(video), video.shape[1:3], info.fps or up.fps
-        c0 = pipe.encode(video)
-    size = hr_size_for(lr_hw, up.short_side)
-    z = pipe.sample(c0, prompt=_prompt(job, prompt, params), hr_size=size, steps=up.steps,
-                    noise_aug=up.noise_aug, guidance=up.guidance, seed=up.seed)
-    video = to_uint8(pipe.decode(z, frames=frames)[0])
+        inputs = {"lr_video": read_frames(job.src, storage=params.storage)}
+        lr_hw, fps = inputs["lr_video"].shape[1:3], info.fps or up.fps
+    out = pipe(**inputs, prompt=_prompt(job, prompt, params), hr_size=hr_size_for(lr_hw, up.short_side),
+               steps=up.steps, noise_aug=up.noise_aug, guidance=up.guidance, seed=up.seed)
+    video = to_uint8(out.video[0])
     write_video(join(output, f"{job.name}.mp4"), video, fps=fps, storage=params.storage)
     if save_latents:
-        save_tensors(join(output, f"{job.name}.safetensors"), {"latent": z[0].float()}, params.storage)
+        save_tensors(join(output, f"{job.name}.safetensors"), {"latent": out.latent[0].float()}, params.storage)
     return {"input": job.src, "output": join(output, f"{job.name}.mp4"), "frames": len(video),
             "height": video.shape[1], "width": video.shape[2], "seconds": time.perf_counter() - start}
 

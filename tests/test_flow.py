@@ -19,9 +19,9 @@ import yaml
 from fixtures.services import run_deployment, served_deployment
 from safetensors.torch import save_file
 
-from flows.workspace import Stage, apply_params, dvc_status, read_stages, select_stages
 from gvr.config import load_params
 from gvr.errors import ConfigError, GVRError
+from gvr.workspace import Stage, apply_params, dvc_status, read_stages, select_stages
 
 STAGES = ["curate", "degrade", "evaluate", "register"]
 

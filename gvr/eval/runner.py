@@ -76,7 +76,8 @@ def evaluate_model(params: Params, model_dir: str, out_dir: str) -> dict[str, fl
     device = pick_device(params.compute.device)
     dtype = torch_dtype(params.compute.dtype, device)
     pipe = GVRPipeline.from_pretrained(_local_model(params, model_dir), device=device, dtype=dtype)
-    names = [m for m in ep.metrics]
+    names = list(ep.metrics)
+    iqa = _iqa_scorers(params, names, device)
     rows, samples = [], []
     from tqdm.auto import tqdm
 
@@ -86,21 +87,22 @@ def evaluate_model(params: Params, model_dir: str, out_dir: str) -> dict[str, fl
         c0 = t["c0"].float().unsqueeze(0).to(device)
         text = (t["text"].float().unsqueeze(0).to(device), t["text_mask"].bool().unsqueeze(0).to(device))
 
-        # 1. the model: sample an HR latent and decode it (timed separately)
+        # 1. the model: sample an HR latent, then decode it (timed separately)
         start = time.perf_counter()
-        z = pipe.sample(c0, text=text, hr_size=size, steps=ep.steps, noise_aug=ep.noise_aug,
-                        guidance=ep.guidance, seed=ep.seed)
+        z = pipe(lr_latent=c0, hr_size=size, text_emb=text[0], text_mask=text[1], steps=ep.steps,
+                 noise_aug=ep.noise_aug, guidance=ep.guidance, seed=ep.seed, decode=False).latent
         _sync(device)
         sample_s = time.perf_counter() - start
         start = time.perf_counter()
-        out = to_uint8(pipe.decode(z, frames=len(hr))[0])
+        out = to_uint8(pipe.codec.decode(z.to(pipe.codec.device, pipe.codec.dtype), frames=len(hr))[0])
         _sync(device)
         decode_s = time.perf_counter() - start
 
         # 2. references: codec ceiling and baselines
-        ceiling = to_uint8(pipe.decode(t["z0"].float().unsqueeze(0).to(device), frames=len(hr))[0])
+        z0 = t["z0"].unsqueeze(0).to(pipe.codec.device, pipe.codec.dtype)
+        ceiling = to_uint8(pipe.codec.decode(z0, frames=len(hr))[0])
         row = {"clip": clip_id, "sample_s": sample_s, "decode_s": decode_s}
-        row.update(compute(names, out, hr))
+        row.update(compute(names, out, hr, iqa=iqa))
         row.update({f"codec_{k}": v for k, v in compute([n for n in names if n in ("psnr", "ssim")],
                                                         ceiling, hr).items()})
         baselines = {}
@@ -108,7 +110,7 @@ def evaluate_model(params: Params, model_dir: str, out_dir: str) -> dict[str, fl
             if b != "bilinear":
                 raise InputError(f"evaluate.baselines: unknown baseline {b!r} (known: bilinear)")
             baselines[b] = bilinear_baseline(lr, size)
-            row.update({f"{b}_{k}": v for k, v in compute(names, baselines[b], hr).items()})
+            row.update({f"{b}_{k}": v for k, v in compute(names, baselines[b], hr, iqa=iqa).items()})
         rows.append(row)
         if len(samples) < 3:
             samples.append((clip_id, baselines.get("bilinear", bilinear_baseline(lr, size)), out, hr))
@@ -124,6 +126,21 @@ def evaluate_model(params: Params, model_dir: str, out_dir: str) -> dict[str, fl
     _write_samples(samples, out_dir, params)
     write_json(join(out_dir, "metrics.json"), metrics, params.storage)
     return metrics
+
+
+def _iqa_scorers(params: Params, names: list[str], device: torch.device) -> dict:
+    """No-reference metrics by name: clip -> mean score over `evaluate.iqa_frames` uniform frames."""
+    from gvr.eval.iqa import load_iqa
+    from gvr.io.video import uniform_indices
+
+    scorers, n = {}, params.evaluate.iqa_frames
+    for name in names:
+        if name in ("psnr", "ssim", "warp_error"):
+            continue
+        weights = params.evaluate.iqa_weights.get(name) or (params.curate.musiq_weights if name == "musiq" else None)
+        metric = load_iqa(name, weights, device=device)
+        scorers[name] = lambda clip, m=metric: float(m.score_frames(clip[uniform_indices(len(clip), n)]).mean())
+    return scorers
 
 
 def _sync(device: torch.device) -> None:
