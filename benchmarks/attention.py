@@ -13,6 +13,7 @@ untiling the output), `kernel_ms` (FlexAttention alone), with `selection_overhea
 (layout_ms + kernel_ms) and `kernel_effective_tflops`.
 
     python benchmarks/attention.py   # -> benchmarks/results/attention-<device>.json
+    python benchmarks/attention.py --profile sparse_local_top1 --grids 20x68x120 --heads 24x64  # kernel table
 """
 
 from __future__ import annotations
@@ -141,6 +142,29 @@ def bench_config(grid, heads: int, D: int, modes, cases, backend: str) -> dict[s
     return metrics
 
 
+def profile(case: str, grid, heads: int, D: int, backend: str) -> None:
+    """Print the CUDA kernels of one forward and one forward+backward call of a case."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn, _ = case_call(case, grid)
+    q, k, v = (torch.randn(1, heads, math.prod(grid), D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    with A.use_backend(backend):
+        for mode in ("fwd", "fwdbwd"):
+            timer(lambda: fn(q, k, v), (q, k, v), mode == "fwdbwd")  # compile first
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    if mode == "fwd":
+                        with torch.no_grad():
+                            fn(q, k, v)
+                    else:
+                        fn(q, k, v).sum().backward()
+                torch.cuda.synchronize()
+            print(f"--- {case} {mode}, 3 calls")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grids", default="5x68x120,20x68x120")
@@ -148,11 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default="fwd,fwdbwd")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--backend", default="auto", choices=A.BACKENDS)
+    parser.add_argument("--profile", default=None, metavar="CASE", help="print a kernel table for one case instead")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/attention-<device>.json)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/attention.py needs a CUDA GPU")
 
+    if args.profile:
+        heads, D = parse_shape(args.heads.split(",")[0])
+        profile(args.profile, parse_shape(args.grids.split(",")[0]), heads, D, args.backend)
+        return
     cases = args.cases.split(",")
     if "sdpa" not in cases:
         cases = ["sdpa", *cases]  # every speedup is relative to it

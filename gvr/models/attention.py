@@ -180,18 +180,20 @@ def unit_means(x: Tensor, grid: Grid, window: tuple[int, int] = DEFAULT_UNIT_WIN
 @torch.no_grad()
 def select_units(q: Tensor, k: Tensor, grid: Grid, window: tuple[int, int] = DEFAULT_UNIT_WINDOW,
                  topk: int = 1) -> Tensor:
-    """Units each query unit attends to, per head: its own first, then its `topk` best others (B, heads, G, 1+k).
+    """Units each query unit attends to, per head (B, heads, G, 1 + k): its own first, then its `topk` best others.
 
     A candidate's score is <mean query of the unit, mean key of the candidate>. The selection is a
     hard, non-differentiable choice (as in MoBA); gradients flow only through the attention over the
-    chosen keys. `topk` is capped at G - 1.
+    chosen keys. `topk` is capped at G - 1; the chosen units come in no particular order.
     """
     qm = unit_means(q, grid, window).float()
     km = unit_means(k, grid, window).float()
     G = qm.shape[-2]
     scores = torch.einsum("bngd,bnkd->bngk", qm, km)  # (B, heads, G, G)
     scores.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))  # the own unit is always in, never a candidate
-    top = scores.topk(min(topk, G - 1), dim=-1).indices
+    n_top = min(topk, G - 1)
+    # argmax is a plain reduction; topk's radix select costs several times more on a GPU
+    top = scores.argmax(-1, keepdim=True) if n_top == 1 else scores.topk(n_top, dim=-1, sorted=False).indices
     own = torch.arange(G, device=q.device)[:, None].expand(*top.shape[:-1], 1)
     return torch.cat([own, top], dim=-1)
 
@@ -211,46 +213,75 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
 
 
 class Tiling(NamedTuple):
-    """Where each token sits once the grid is regrouped into `groups` tiles of `size` slots each."""
+    """Where each token sits once the grid is regrouped into `groups` tiles of `size` slots each.
 
-    pos: Tensor  # (L,) slot of every token in the tiled layout of groups * size slots
-    valid: Tensor  # (groups, size) True where a slot holds a token, False for padding
+    Per axis, `pads` positions are prepended (the shift), the axis is cut into `counts` tiles of
+    `extents` positions (the last one padded at the end), and each tile's (t, h, w) box is flattened
+    and padded with empty slots up to `size`.
+    """
+
+    grid: Grid
+    pads: tuple[int, int, int]
+    extents: tuple[int, int, int]
+    counts: tuple[int, int, int]
     groups: int
     size: int
     full: bool  # no padding slots: every tile is whole
+    pos: Tensor  # (L,) slot of every token in the tiled layout of groups * size slots
+    valid: Tensor  # (groups, size) True where a slot holds a token, False for padding
 
 
 @functools.lru_cache(maxsize=64)
 def tiling(grid: Grid, tile: tuple[int, int, int], shifts: tuple[bool, bool, bool],
            device: torch.device, multiple: int = 1) -> Tiling:
     """Tiled layout of a grid; tile sizes are rounded up to `multiple` slots (kernels want 128)."""
-    counts, slots, extents = [], [], []
-    for n, w, s in zip(grid, tile, shifts):
-        x = torch.arange(n, device=device) + _shift_pad(w, s)
-        counts.append(math.ceil((n + _shift_pad(w, s)) / w))
-        slots.append(x % w)
-        extents.append(min(w, n + _shift_pad(w, s)))  # a tile never needs more slots than its axis has
-    ids = tile_ids(grid, tile, shifts, device)
-    st, sh, sw = slots
-    _, eh, ew = extents
-    slot = ((st[:, None, None] * eh + sh[None, :, None]) * ew + sw[None, None, :]).flatten()
+    pads = tuple(_shift_pad(w, s) for w, s in zip(tile, shifts))
+    counts = tuple(math.ceil((n + p) / w) for n, w, p in zip(grid, tile, pads))
+    extents = tuple(min(w, n + p) for n, w, p in zip(grid, tile, pads))  # one tile never needs more
     size = math.ceil(math.prod(extents) / multiple) * multiple
     groups = math.prod(counts)
-    pos = ids * size + slot
+    st, sh, sw = ((torch.arange(n, device=device) + p) % w for n, w, p in zip(grid, tile, pads))
+    _, eh, ew = extents
+    slot = ((st[:, None, None] * eh + sh[None, :, None]) * ew + sw[None, None, :]).flatten()
+    pos = tile_ids(grid, tile, shifts, device) * size + slot
     valid = torch.zeros(groups * size, dtype=torch.bool, device=device)
     valid[pos] = True
-    return Tiling(pos, valid.view(groups, size), groups, size, bool(valid.all()))
+    return Tiling(grid, pads, extents, counts, groups, size, bool(valid.all()), pos, valid.view(groups, size))
+
+
+def _to_tiles(x: Tensor, t: Tiling) -> Tensor:
+    (T, H, W), (pt, ph, pw), (et, eh, ew), (gt, gh, gw) = t.grid, t.pads, t.extents, t.counts
+    x = rearrange(x, "b n (t h w) d -> b n t h w d", t=T, h=H, w=W)
+    x = F.pad(x, (0, 0, pw, gw * ew - W - pw, ph, gh * eh - H - ph, pt, gt * et - T - pt))
+    x = rearrange(x, "b n (gt et) (gh eh) (gw ew) d -> b n (gt gh gw) (et eh ew) d", et=et, eh=eh, ew=ew)
+    return F.pad(x, (0, 0, 0, t.size - et * eh * ew)).flatten(2, 3)  # (B, heads, G * size, D)
+
+
+def _from_tiles(y: Tensor, t: Tiling) -> Tensor:
+    (T, H, W), (pt, ph, pw), (et, eh, ew), (_, gh, gw) = t.grid, t.pads, t.extents, t.counts
+    y = y.unflatten(2, (t.groups, t.size))[:, :, :, : et * eh * ew]
+    y = rearrange(y, "b n (gt gh gw) (et eh ew) d -> b n (gt et) (gh eh) (gw ew) d",
+                  gh=gh, gw=gw, et=et, eh=eh, ew=ew)
+    return y[:, :, pt: pt + T, ph: ph + H, pw: pw + W].flatten(2, 4)  # (B, heads, L, D)
+
+
+@functools.cache
+def _compiled(fn):
+    """`fn` compiled by inductor: pads and reshapes fuse into one pass over memory (CUDA only)."""
+    from gvr.models.attention_kernels import allow_recompiles
+
+    allow_recompiles()
+    return torch.compile(fn, dynamic=False)
 
 
 def to_tiles(x: Tensor, t: Tiling) -> Tensor:
-    """(B, heads, L, D) -> (B, heads, groups * size, D), padding slots zero."""
-    B, n, _, D = x.shape
-    return x.new_zeros(B, n, t.groups * t.size, D).index_copy(2, t.pos, x)
+    """(B, heads, L, D) -> (B, heads, groups * size, D), tile by tile, padding slots zero."""
+    return (_compiled(_to_tiles) if x.is_cuda else _to_tiles)(x, t)
 
 
 def from_tiles(y: Tensor, t: Tiling) -> Tensor:
-    """Inverse of `to_tiles`: drop the padding slots, back to raster order."""
-    return y.index_select(2, t.pos)
+    """Inverse of `to_tiles`: drop the padding slots, back to (B, heads, L, D) in raster order."""
+    return (_compiled(_from_tiles) if y.is_cuda else _from_tiles)(y, t)
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,11 +47,29 @@ def flex_usable(q: Tensor) -> bool:
     return q.is_cuda and q.shape[-1] >= 16 and _flex_installed()
 
 
+RECOMPILE_LIMIT = 64  # compiled variants kept per function: shapes x (training, inference) x mask kinds
+
+
+def allow_recompiles() -> None:
+    """Let torch.compile keep a kernel per shape for more than its default 8 shapes.
+
+    Past the limit dynamo silently runs the function uncompiled, which for FlexAttention means a
+    dense (L, L) score matrix per head: slow, huge, and exactly what the fast path exists to avoid.
+    A DiT sees a handful of shapes, tests and benchmarks a few dozen.
+    """
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+
+
 @functools.cache
 def _compiled_flex():
     """flex_attention compiled once; torch.compile keeps one kernel per input shape (dynamic=False)."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    allow_recompiles()
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -69,13 +87,18 @@ def _compact(flags: Tensor, index: Tensor, width: int) -> tuple[Tensor, Tensor]:
     return flags.sum(-1, dtype=torch.int32), F.pad(picked, (0, width - picked.shape[-1]))
 
 
-def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int, backward: bool):
+def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int, backward: bool,
+                    tile_rule: bool = True):
     """BlockMask over tiled tokens where query tile g reads key tiles `units[b, h, g]`, or only itself if None.
 
     `valid` (groups, size) marks real token slots. A tile of `size` slots spans size / FLEX_BLOCK kernel
     blocks (one block of `size` on CPU); key blocks holding only padding are skipped, and blocks with no
     padding are listed as full, so the kernel skips `mask_mod` there. The q-side lists, which only the
     backward pass reads, are built only when `backward` is set (where torch can skip them).
+
+    The block lists are exact at tile level, so the fused kernel needs `mask_mod` only for padding
+    slots; `tile_rule` adds the tile rule to it for the unfused implementation, which reads no lists
+    (and costs integer divisions and a gather per score in a kernel).
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -85,9 +108,10 @@ def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int,
     block = size // per_tile
     slots = valid.view(groups, per_tile, block)
     nonempty, whole = slots.any(-1), slots.all(-1)  # (G, blocks per tile)
-    if units is None:
-        units = torch.arange(groups, device=device)[None, None, :, None]
-
+    if not tile_rule:
+        def mask_mod(b, h, q_idx, kv_idx):
+            return flat_valid[kv_idx]
+    elif units is None:
         def mask_mod(b, h, q_idx, kv_idx):
             return flat_valid[kv_idx] & (q_idx // size == kv_idx // size)
     else:
@@ -96,6 +120,9 @@ def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int,
 
         def mask_mod(b, h, q_idx, kv_idx):
             return flat_valid[kv_idx] & allowed[b, h, q_idx // size, kv_idx // size]
+
+    if units is None:
+        units = torch.arange(groups, device=device)[None, None, :, None]
 
     # 1. key blocks of every allowed tile, per query tile: (B, heads, G, units * blocks per tile)
     kv = (units[..., None] * per_tile + torch.arange(per_tile, device=device)).flatten(-2)
