@@ -25,7 +25,7 @@ def run_demo(workspace: str = "runs/demo", *, runner: str = "prefect", params_ov
              force: bool = False, samples: bool = True) -> dict:
     """Create and run the tiny pipeline; returns the evaluation metrics."""
     ws = create_workspace(workspace, profile="tiny", overrides=params_overrides, force=force)
-    videos = add_videos(ws, synthetic=10, samples=False)
+    videos = add_videos(ws, good=10, bad=True)
     if samples:
         try:
             videos += add_videos(ws, samples=True)

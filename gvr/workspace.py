@@ -93,23 +93,33 @@ def create_workspace(dest: str | Path, *, profile: str | None = "tiny", override
     return dest
 
 
-def add_videos(dest: str | Path, *, synthetic: int = 0, samples: bool = False, seed: int = 0,
-               size: tuple[int, int] = (96, 128), frames: int = 48) -> list[Path]:
-    """Fill `dest/data/raw` with synthetic clips (all variants) and, optionally, real sample videos."""
-    raw = Path(dest) / "data" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    if synthetic:
-        from gvr.data.synthetic import write_synthetic_dataset
+def add_videos(dest: str | Path, *, good: int = 0, bad: bool = False, samples: bool = False, seed: int = 0,
+               size: tuple[int, int] = (96, 128), frames: int = 48, raw: str | None = None) -> list[str]:
+    """Fill the raw-video folder (`dest/data/raw`, or `raw`: any local dir or s3:// prefix).
 
-        paths += [Path(p) for p in write_synthetic_dataset(raw, count=synthetic, frames=frames, size=size,
-                                                           seed=seed)]
+    `good` seeded synthetic clips that pass curation (pans, moving objects, static scenes), with
+    `bad` one each of the dark, bright and blurry variants and a too-short clip that curation must
+    reject, and with `samples` the real sample videos (Debian packages; see gvr.data.samples).
+    """
+    from gvr.data.synthetic import ACCEPTABLE_KINDS, write_synthetic_dataset
+    from gvr.io.storage import join
+
+    raw = raw or str(Path(dest) / "data" / "raw")
+    paths: list[str] = []
+    if good:
+        paths += write_synthetic_dataset(raw, count=good, frames=frames, size=size, seed=seed, kinds=ACCEPTABLE_KINDS)
+    if bad:
+        paths += write_synthetic_dataset(join(raw, "rejects"), count=3, frames=frames, size=size, seed=seed,
+                                         kinds=("dark", "bright", "blurry"))
+        paths += write_synthetic_dataset(join(raw, "short"), count=1, frames=8, size=size, seed=seed,
+                                         kinds=("pan",))
     if samples:
         from gvr.data.samples import fetch_sample_videos
+        from gvr.io.storage import write_bytes
 
         for src in fetch_sample_videos():
-            target = raw / Path(src).name
-            shutil.copy(src, target)
+            target = join(raw, Path(src).name)
+            write_bytes(target, Path(src).read_bytes())
             paths.append(target)
     return paths
 
