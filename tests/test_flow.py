@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fixtures.services import run_deployment, served_deployment
 from safetensors.torch import save_file
 
+from fixtures.services import run_deployment, served_deployment
 from gvr.config import load_params
 from gvr.errors import ConfigError, GVRError
 from gvr.workspace import Stage, apply_params, dvc_status, read_stages, select_stages

@@ -4,8 +4,8 @@ import os
 import time
 
 import pytest
-from fixtures.s3 import free_port
 
+from fixtures.s3 import free_port
 from gvr.config import StorageParams
 from gvr.errors import StorageError
 from gvr.io import storage as st
