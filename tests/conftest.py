@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest_plugins = ["fixtures.s3", "fixtures.videos", "fixtures.iqa", "fixtures.services"]  # tests/fixtures/: moto S3 server, sample videos, IQA weights, Prefect + MLflow servers
+# tests/fixtures/: moto S3 server, videos, IQA weights, a tiny exported model, Prefect + MLflow servers
+pytest_plugins = ["fixtures.s3", "fixtures.videos", "fixtures.iqa", "fixtures.models", "fixtures.services"]
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
