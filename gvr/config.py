@@ -272,7 +272,7 @@ class CodecParams:
     device: str | None = None  # null: compute.device
     dtype: str | None = param(None, choices=["float32", "bfloat16", "float16"])  # null: compute.dtype
     tiling: bool = True  # spatial tiling of encode/decode; bounds peak memory by tile_size
-    tile_size: int = param(32, ge=2)  # tile side in latent pixels (x8 video pixels)
+    tile_size: int = param(64, ge=2)  # tile side in latent pixels (x8 video pixels); bounds peak memory
     tile_overlap: int = param(8, ge=0)  # overlap of neighbouring tiles in latent pixels, blended
 
     def validate(self, path: str) -> None:

@@ -15,9 +15,10 @@ scale = 1 / std); CogVideoX and HunyuanVideo use one `scaling_factor` (and CogVi
 
 Memory: time is streamed by the backend's causal cache (Wan: one latent frame per step; CogVideoX:
 two latent frames per step; HunyuanVideo: 16-frame temporal tiles blended by diffusers), and space
-is tiled here: square tiles of `tile_size` latent pixels overlapping by `tile_overlap`, blended with
-linear ramps that fall to zero towards each tile's inner edges and normalised by the summed
-weights, so peak memory is set by `tile_size` and no seam is visible. The tiny codec is exactly
+is tiled here: the fewest equal tiles of at most `tile_size` latent pixels, spread evenly so that
+neighbours overlap by at least `tile_overlap`, blended with ramps that fall to zero towards each
+tile's inner edges and normalised by the summed weights, so peak memory is set by `tile_size` and
+no seam is visible. The tiny codec is exactly
 local (8x8-pixel blocks, 4-frame groups), so tiling never changes its output.
 
 Pretrained VAEs load through diffusers from a local directory (or a hub id when
@@ -113,10 +114,10 @@ def import_optional(module: str, extra: str = "hub") -> Any:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Spatial tiling of encode/decode, in latent pixels: square tiles of `size`, neighbours overlapping by `overlap`."""
+    """Spatial tiling of encode/decode, in latent pixels: tiles of at most `size`, overlapping by at least `overlap`."""
 
     enabled: bool = True
-    size: int = 32
+    size: int = 64
     overlap: int = 8
 
     def __post_init__(self):
@@ -125,13 +126,18 @@ class Tiling:
                              f"overlap={self.overlap}")
 
 
-def tile_starts(length: int, size: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of `size` covering [0, length), `size - overlap` apart, the last flush with the end."""
+def tile_spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, extent) of the fewest equal tiles of at most `size` covering [0, length), overlapping by >= `overlap`.
+
+    Spreading the tiles evenly, rather than stepping by `size - overlap` and pushing the last tile
+    against the end, keeps the recomputed area near the minimum (1.3x instead of 1.9x for
+    64-pixel tiles on a 1080p latent).
+    """
     if length <= size:
-        return [0]
-    stride = size - overlap
-    starts = list(range(0, length - size, stride))
-    return starts + [length - size]
+        return [(0, length)]
+    count = math.ceil((length - overlap) / (size - overlap))
+    extent = math.ceil((length - overlap) / count) + overlap  # <= size
+    return [(round(i * (length - extent) / (count - 1)), extent) for i in range(count)]
 
 
 def blend_ramp(n: int, overlap: int, left: bool, right: bool) -> torch.Tensor:
@@ -154,16 +160,14 @@ def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid:
 
     Tiles are laid on the latent grid `grid` = (h, w): latent pixel i covers input pixels
     [i * factor_in, (i + 1) * factor_in) and output pixels [i * factor_out, (i + 1) * factor_out).
-    Outputs are accumulated with separable linear-ramp weights and divided by the summed weight, so
-    every output pixel is a convex blend of the tiles that cover it.
+    Outputs are accumulated with separable `blend_ramp` weights and divided by the summed weight,
+    so every output pixel is a convex blend of the tiles that cover it.
     """
     h, w = grid
     size, overlap = tiling.size, tiling.overlap
-    ys, xs = tile_starts(h, size, overlap), tile_starts(w, size, overlap)
     out = weight = None
-    for y0 in ys:
-        for x0 in xs:
-            th, tw = min(size, h - y0), min(size, w - x0)
+    for y0, th in tile_spans(h, size, overlap):
+        for x0, tw in tile_spans(w, size, overlap):
             tile = x[..., y0 * factor_in:(y0 + th) * factor_in, x0 * factor_in:(x0 + tw) * factor_in]
             res = fn(tile)  # (B, C', T', th * factor_out, tw * factor_out)
             if out is None:
@@ -286,8 +290,10 @@ class VideoCodec(nn.Module):
         if video.shape[0] == 0 or video.shape[2] == 0:
             raise InputError(f"{self.kind} codec: empty video {tuple(video.shape)}")
         self._check_size(video.shape[3], video.shape[4])
-        _check_finite(video, f"{self.kind} codec: video")
-        peak = video.abs().max().item()
+        lo, hi = video.amin().item(), video.amax().item()  # reductions: no full-size temporaries
+        if not math.isfinite(lo) or not math.isfinite(hi):  # NaN propagates through min/max
+            raise InputError(f"{self.kind} codec: video contains NaN or Inf values")
+        peak = max(-lo, hi)
         if peak > 1.5:  # resampling overshoot is clamped; this is data on another scale
             raise InputError(f"{self.kind} codec: video values must lie in [-1, 1]; got values up to {peak:.3g} "
                              "(0-255 data? use x / 127.5 - 1)")
@@ -529,7 +535,7 @@ class DiffusersCodec(VideoCodec):
 
 def load_codec(kind: str, path: str | Path | None = None, *, device: str | torch.device = "cpu",
                dtype: str | torch.dtype = torch.float32, allow_download: bool = False,
-               channels: int | None = None, tiling: bool = True, tile_size: int = 32,
+               channels: int | None = None, tiling: bool = True, tile_size: int = 64,
                tile_overlap: int = 8) -> VideoCodec:
     """Build a codec of `kind` (`tiny`, `wan`, `cogvideox`, `hunyuan`).
 

@@ -17,7 +17,7 @@ from gvr.models.vae import (
     VideoCodec,
     codec_from_params,
     load_codec,
-    tile_starts,
+    tile_spans,
 )
 
 
@@ -179,13 +179,16 @@ class LocalConvCodec(VideoCodec):
         return torch.cat([video[:, :, :1], video[:, :, 1:].repeat_interleave(4, dim=2)], dim=2)
 
 
-def test_tile_starts_cover_the_extent_with_full_tiles():
-    assert tile_starts(5, 8, 2) == [0]
-    assert tile_starts(13, 6, 4) == [0, 2, 4, 6, 7]
-    for length, size, overlap in ((13, 6, 4), (40, 32, 8), (17, 5, 1)):
-        starts = tile_starts(length, size, overlap)
-        assert starts[-1] + size == length
-        assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))
+def test_tile_spans_cover_the_extent_with_few_equal_tiles():
+    assert tile_spans(5, 8, 2) == [(0, 5)]
+    assert tile_spans(136, 64, 8) == [(0, 51), (42, 51), (85, 51)]
+    for length, size, overlap in ((13, 6, 4), (136, 32, 8), (240, 64, 8), (17, 5, 1), (9, 8, 0)):
+        spans = tile_spans(length, size, overlap)
+        assert spans[0][0] == 0 and sum(spans[-1]) == length
+        assert all(extent <= size for _, extent in spans)
+        assert all(a + n - b >= overlap for (a, n), (b, _) in zip(spans, spans[1:]))
+        fewest = math.ceil((length - overlap) / (size - overlap))
+        assert len(spans) == fewest
 
 
 @pytest.mark.parametrize("size, overlap", [(6, 4), (9, 4), (5, 4)])
