@@ -55,13 +55,12 @@ def launcher_command(params: Params, stage: str, params_file: Path, resume: bool
     # The `deepspeed` console script is this module; calling it through this interpreter avoids
     # depending on PATH (a venv that is not activated).
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(launcher.master_port)]
-    if launcher.num_nodes > 1 and not launcher.no_ssh:
+    if launcher.num_nodes > 1:  # DeepSpeed sizes the world from the hostfile in both modes
         if not launcher.hostfile or not Path(launcher.hostfile).is_file():
             raise ConfigError(f"train.launcher.hostfile: {launcher.hostfile!r} not found (needed for "
                               f"{launcher.num_nodes} nodes)")
-        cmd += ["--hostfile", launcher.hostfile, "--num_nodes", str(launcher.num_nodes)]
-    else:
-        cmd += ["--num_nodes", "1" if not launcher.no_ssh else str(launcher.num_nodes)]
+        cmd += ["--hostfile", launcher.hostfile]
+    cmd += ["--num_nodes", str(launcher.num_nodes)]
     if launcher.no_ssh:
         if not launcher.master_addr:
             raise ConfigError("train.launcher.master_addr is required with train.launcher.no_ssh")
@@ -76,12 +75,29 @@ def launcher_command(params: Params, stage: str, params_file: Path, resume: bool
     return cmd
 
 
+# Variables the ranks on other nodes need; pdsh forwards only MLFLOW*/PYTHON*/... by itself, the
+# rest travels in DeepSpeed's `.deepspeed_env` file (KEY=VALUE lines read from the launch directory).
+FORWARD_PREFIXES = ("GVR_", "MLFLOW_", "AWS_", "RAY_ADDRESS", "HF_", "TORCH_HOME", "NCCL_")
+
+
+def write_deepspeed_env(directory: Path = Path(".")) -> Path:
+    """Write `.deepspeed_env` with the variables that must reach every node (mode 0600: may hold keys)."""
+    lines = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(FORWARD_PREFIXES) and "\n" not in v]
+    path = directory / ".deepspeed_env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
 def train(params: Params, stage: str, *, resume: bool = True) -> None:
     """Train `stage` here or through the launcher, per `train.launcher`."""
     if stage not in params.train.stages:
         raise ConfigError(f"train.stages: no stage named {stage!r} (have: {', '.join(params.train.stages)})")
     if needs_launcher(params):
         cmd = launcher_command(params, stage, write_resolved_params(params, stage), resume)
+        if params.train.launcher.num_nodes > 1 and not params.train.launcher.no_ssh:
+            write_deepspeed_env()
         log.info("launching: %s", " ".join(cmd))
         rc = subprocess.call(cmd)
         if rc:

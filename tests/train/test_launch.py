@@ -56,6 +56,18 @@ def test_launcher_no_ssh_needs_master_addr(monkeypatch):
     assert "--no_ssh" in cmd and cmd[cmd.index("--node_rank") + 1] == "1" and cmd[-1] == "--no-resume"
 
 
+def test_deepspeed_env_forwards_run_context(tmp_path, monkeypatch):
+    from gvr.train.launch import write_deepspeed_env
+
+    monkeypatch.setenv("GVR_PARENT_RUN_ID", "abc")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3:9000")
+    monkeypatch.setenv("UNRELATED", "1")
+    path = write_deepspeed_env(tmp_path)
+    lines = path.read_text().splitlines()
+    assert "GVR_PARENT_RUN_ID=abc" in lines and "AWS_ENDPOINT_URL=http://s3:9000" in lines
+    assert not any(line.startswith("UNRELATED") for line in lines) and (path.stat().st_mode & 0o777) == 0o600
+
+
 def test_single_cpu_runs_in_process(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert not needs_launcher(load_params(ROOT / "params.yaml", profile="tiny"))
