@@ -10,7 +10,7 @@ Per case: `ms`, `speedup_vs_sdpa` (dense SDPA on the same grid, heads and mode) 
 flash-attention's convention); padding and skipped work do not count. Sparse local attention is also
 split into `select_ms` (unit means, scores, top-k, BlockMask), `layout_ms` (tiling q, k, v and
 untiling the output), `kernel_ms` (FlexAttention alone), with `selection_overhead` = select_ms /
-(layout_ms + kernel_ms) and `kernel_effective_tflops`.
+(layout_ms + kernel_ms), the attention work it enables, and `kernel_effective_tflops`.
 
     python benchmarks/attention.py   # -> benchmarks/results/attention-<device>.json
     python benchmarks/attention.py --profile sparse_local_top1 --grids 20x68x120 --heads 24x64  # kernel table
@@ -91,26 +91,30 @@ def timer(fn, inputs, backward: bool) -> float:
 
 
 def sparse_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
-    """Forward sparse local attention split into selection, tiling and the FlexAttention kernel."""
+    """Forward sparse local attention split into selection, tiling and the FlexAttention kernel.
+
+    The unit means come out of the pass that tiles q and k; `means_ms` is what they add to it.
+    """
     t = A.tiling(grid, (1, *UNIT_WINDOW), (False, False, False), q.device, K.flex_multiple(q.device))
-    units = A.select_units(q, k, grid, UNIT_WINDOW, topk)
-    block_mask = K.tile_block_mask(units, t.valid, t.groups, t.size, backward=False)
     tiles = [A.to_tiles(x, t) for x in (q, k, v)]
-    flex = K._compiled_flex()
+    qm, km = A.tiles_and_means(q, t)[1], A.tiles_and_means(k, t)[1]
+    units = A._select_from_means(qm, km, topk)
+    block_mask = K.tile_block_mask(units, t.valid, t.groups, t.size, backward=False)
+    flex, options = K._compiled_flex(), K._kernel_options(q.shape[-1])
 
-    def select():
-        u = A.select_units(q, k, grid, UNIT_WINDOW, topk)
-        return K.tile_block_mask(u, t.valid, t.groups, t.size, backward=False)
-
-    def layout():
-        return A.from_tiles(A.to_tiles(q, t) + A.to_tiles(k, t) + A.to_tiles(v, t), t)
+    def pick():
+        return K.tile_block_mask(A._select_from_means(qm, km, topk), t.valid, t.groups, t.size, backward=False)
 
     with torch.no_grad():
-        return {
-            "select_ms": timer(select, (), False),
-            "layout_ms": timer(layout, (), False),
-            "kernel_ms": timer(lambda: flex(*tiles, block_mask=block_mask), (), False),
+        tile_qk = timer(lambda: [A.to_tiles(x, t) for x in (q, k)], (), False)
+        parts = {
+            "means_ms": max(timer(lambda: [A.tiles_and_means(x, t) for x in (q, k)], (), False) - tile_qk, 0.0),
+            "pick_ms": timer(pick, (), False),
+            "layout_ms": timer(lambda: ([A.to_tiles(x, t) for x in (q, k, v)], A.from_tiles(tiles[0], t)), (), False),
+            "kernel_ms": timer(lambda: flex(*tiles, block_mask=block_mask, kernel_options=options), (), False),
         }
+    parts["select_ms"] = parts["means_ms"] + parts["pick_ms"]
+    return parts
 
 
 def bench_config(grid, heads: int, D: int, modes, cases, backend: str) -> dict[str, float]:

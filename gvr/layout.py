@@ -18,17 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gvr.config import Params
+from gvr.io.storage import join
 
 EVAL_SET = "eval"
-
-
-def join(*parts: str) -> str:
-    """Join path parts with '/', keeping a scheme such as s3:// intact."""
-    head, *rest = parts
-    out = head.rstrip("/")
-    for p in rest:
-        out = f"{out}/{p.strip('/')}"
-    return out
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def derive_sampler(params: Params) -> dict:
 def _lr_clips(params: Params, sets: list[str], limit: int, device):
     """Up to `limit` (c0, text, text_mask) batches of one from training pair sets, and their HR latent size."""
     from gvr.data.shards import load_tensors, read_index
-    from gvr.layout import join
+    from gvr.io.storage import join
 
     clips, hr_size = [], None
     for name in sets:

@@ -22,7 +22,7 @@ import torch
 
 from gvr.config import Params
 from gvr.errors import InputError
-from gvr.layout import join
+from gvr.io.storage import join
 
 log = logging.getLogger(__name__)
 

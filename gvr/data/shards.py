@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from gvr.config import StorageParams
 from gvr.errors import InputError
-from gvr.layout import Layout, join
+from gvr.io.storage import join
+from gvr.layout import Layout
 
 INDEX = "index.json"
 NULL_TEXT = "null_text.safetensors"

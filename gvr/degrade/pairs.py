@@ -25,7 +25,8 @@ import torch
 
 from gvr.config import PairSetParams, Params
 from gvr.errors import InputError
-from gvr.layout import Layout, join
+from gvr.io.storage import join
+from gvr.layout import Layout
 
 log = logging.getLogger(__name__)
 

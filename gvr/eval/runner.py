@@ -20,7 +20,8 @@ import torch
 
 from gvr.config import Params
 from gvr.errors import InputError
-from gvr.layout import EVAL_SET, Layout, join
+from gvr.io.storage import join
+from gvr.layout import EVAL_SET, Layout
 
 log = logging.getLogger(__name__)
 

@@ -182,19 +182,23 @@ def select_units(q: Tensor, k: Tensor, grid: Grid, window: tuple[int, int] = DEF
                  topk: int = 1) -> Tensor:
     """Units each query unit attends to, per head (B, heads, G, 1 + k): its own first, then its `topk` best others.
 
-    A candidate's score is <mean query of the unit, mean key of the candidate>. The selection is a
-    hard, non-differentiable choice (as in MoBA); gradients flow only through the attention over the
-    chosen keys. `topk` is capped at G - 1; the chosen units come in no particular order.
+    A candidate's score is <mean query of the unit, mean key of the candidate>, computed in the input
+    dtype. The selection is a hard, non-differentiable choice (as in MoBA); gradients flow only through
+    the attention over the chosen keys. `topk` is capped at G - 1; the chosen units come in no
+    particular order.
     """
-    qm = unit_means(q, grid, window).float()
-    km = unit_means(k, grid, window).float()
+    return _select_from_means(unit_means(q, grid, window), unit_means(k, grid, window), topk)
+
+
+def _select_from_means(qm: Tensor, km: Tensor, topk: int) -> Tensor:
+    """`select_units` from unit means (B, heads, G, D)."""
     G = qm.shape[-2]
     scores = torch.einsum("bngd,bnkd->bngk", qm, km)  # (B, heads, G, G)
     scores.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))  # the own unit is always in, never a candidate
     n_top = min(topk, G - 1)
     # argmax is a plain reduction; topk's radix select costs several times more on a GPU
     top = scores.argmax(-1, keepdim=True) if n_top == 1 else scores.topk(n_top, dim=-1, sorted=False).indices
-    own = torch.arange(G, device=q.device)[:, None].expand(*top.shape[:-1], 1)
+    own = torch.arange(G, device=qm.device)[:, None].expand(*top.shape[:-1], 1)
     return torch.cat([own, top], dim=-1)
 
 
@@ -272,6 +276,17 @@ def _compiled(fn):
 
     allow_recompiles()
     return torch.compile(fn, dynamic=False)
+
+
+def _tiles_and_sums(x: Tensor, t: Tiling) -> tuple[Tensor, Tensor]:
+    tiles = _to_tiles(x, t)
+    return tiles, tiles.unflatten(2, (t.groups, t.size)).sum(3, dtype=torch.float32)
+
+
+def tiles_and_means(x: Tensor, t: Tiling) -> tuple[Tensor, Tensor]:
+    """`to_tiles(x)` and the mean token of every tile (B, heads, G, D), in x's dtype, from one read of x on CUDA."""
+    tiles, sums = (_compiled(_tiles_and_sums) if x.is_cuda else _tiles_and_sums)(x, t)
+    return tiles, (sums.detach() / t.valid.sum(-1, keepdim=True)).to(x.dtype)
 
 
 def to_tiles(x: Tensor, t: Tiling) -> Tensor:
@@ -398,8 +413,27 @@ def sparse_local_attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid,
     window = _check_sizes("window", window, 2)
     if topk < 0:
         raise ConfigError(f"attention topk must be >= 0, got {topk}")
-    units = select_units(q, k, grid, window, topk)
-    return _sparse_local_with_units(q, k, v, grid, window, units, _choose("sparse_local", q))
+    backend = _choose("sparse_local", q)
+    if backend == "flex":
+        return _sparse_local_flex(q, k, v, grid, window, topk)
+    return _sparse_local_with_units(q, k, v, grid, window, select_units(q, k, grid, window, topk), backend)
+
+
+def _sparse_local_flex(q: Tensor, k: Tensor, v: Tensor, grid: Grid, window: tuple[int, int], topk: int,
+                       units: Tensor | None = None) -> Tensor:
+    """FlexAttention path; the unit means for the selection come from the tiling pass over q and k.
+
+    Those means are summed in another order than `unit_means`, so where two candidates tie to
+    rounding this path may pick the other one.
+    """
+    from gvr.models.attention_kernels import flex_multiple, flex_tiles
+
+    t = tiling(grid, (1, *window), (False, False, False), q.device, flex_multiple(q.device))
+    (qt, qm), (kt, km) = tiles_and_means(q, t), tiles_and_means(k, t)
+    if units is None:
+        with torch.no_grad():
+            units = _select_from_means(qm, km, topk)
+    return from_tiles(flex_tiles(qt, kt, to_tiles(v, t), t, units), t)
 
 
 def _sparse_local_with_units(q: Tensor, k: Tensor, v: Tensor, grid: Grid, window: tuple[int, int],
@@ -407,13 +441,9 @@ def _sparse_local_with_units(q: Tensor, k: Tensor, v: Tensor, grid: Grid, window
     """Sparse local attention for a given selection `units` (B, heads, G, 1+k), on one backend."""
     if backend == "reference":
         return masked_attention(q, k, v, sparse_local_mask(grid, window, units))
-    tile, shifts = (1, *window), (False, False, False)
     if backend == "flex":
-        from gvr.models.attention_kernels import flex_multiple, flex_tiles
-
-        t = tiling(grid, tile, shifts, q.device, flex_multiple(q.device))
-        return from_tiles(flex_tiles(to_tiles(q, t), to_tiles(k, t), to_tiles(v, t), t, units), t)
-    return _sparse_local_sdpa(q, k, v, tiling(grid, tile, shifts, q.device), units)
+        return _sparse_local_flex(q, k, v, grid, window, units.shape[-1] - 1, units)
+    return _sparse_local_sdpa(q, k, v, tiling(grid, (1, *window), (False, False, False), q.device), units)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid, kind: str, *, shift: bool = False, unit: int = 5,

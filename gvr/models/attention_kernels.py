@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
@@ -80,64 +81,96 @@ def _from_kv_blocks_takes_compute_q_blocks() -> bool:
     return "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
 
 
-def _compact(flags: Tensor, index: Tensor, width: int) -> tuple[Tensor, Tensor]:
-    """Per row: how many flags are set, and `index` with the flagged entries first, zero-padded to `width`."""
+def _compact(flags: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row: how many flags are set, and `index` with the flagged entries first."""
     order = torch.argsort((~flags).to(torch.int8), dim=-1, stable=True)
-    picked = index.gather(-1, order).to(torch.int32)
-    return flags.sum(-1, dtype=torch.int32), F.pad(picked, (0, width - picked.shape[-1]))
+    return flags.sum(-1, dtype=torch.int32), index.gather(-1, order).to(torch.int32)
 
 
-def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int, backward: bool,
-                    tile_rule: bool = True):
+def _transpose_lists(num: Tensor, idx: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:
+    """Row-wise block lists -> column-wise ones: for every key block, the query blocks that read it, ascending.
+
+    `num` (..., rows) and `idx` (..., rows, n) hold each row's first `num` columns. Sorting the few
+    listed (row, column) pairs replaces torch's transpose through a dense (rows, columns) matrix.
+    """
+    *batch, rows, width = idx.shape
+    n_batch, device = math.prod(batch), idx.device
+    num, idx = num.reshape(n_batch, rows), idx.reshape(n_batch, rows, width).long()
+    live = torch.arange(width, device=device) < num[..., None]  # (batch, rows, n)
+    batch_of = torch.arange(n_batch, device=device)[:, None, None]
+    key = torch.where(live, batch_of * n_cols + idx, n_batch * n_cols).flatten()  # dead pairs sort last
+    row = torch.arange(rows, device=device)[None, :, None].expand_as(idx).flatten()
+    order = torch.argsort(key * rows + row)
+    key, row = key[order], row[order]
+    counts = torch.bincount(key, minlength=n_batch * n_cols + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(key.numel(), device=device) - starts[key]
+    # older torch sizes these lists as dense rows (rows wide); one spare slot takes the dead pairs
+    out = torch.zeros(n_batch * n_cols * rows + 1, dtype=torch.int32, device=device)
+    out[torch.where(key < n_batch * n_cols, key * rows + rank, out.numel() - 1)] = row.to(torch.int32)
+    q_num = counts[:-1].to(torch.int32).view(*batch, n_cols)
+    return q_num, out[:-1].view(*batch, n_cols, rows)
+
+
+def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int, backward: bool):
     """BlockMask over tiled tokens where query tile g reads key tiles `units[b, h, g]`, or only itself if None.
 
     `valid` (groups, size) marks real token slots. A tile of `size` slots spans size / FLEX_BLOCK kernel
     blocks (one block of `size` on CPU); key blocks holding only padding are skipped, and blocks with no
     padding are listed as full, so the kernel skips `mask_mod` there. The q-side lists, which only the
-    backward pass reads, are built only when `backward` is set (where torch can skip them).
+    backward pass reads, are built only when `backward` is set.
 
-    The block lists are exact at tile level, so the fused kernel needs `mask_mod` only for padding
-    slots; `tile_rule` adds the tile rule to it for the unfused implementation, which reads no lists
-    (and costs integer divisions and a gather per score in a kernel).
+    `mask_mod` states the whole rule (slot holds a token, key tile allowed), so that unfused FlexAttention,
+    which reads no block lists, is right too; it compares the key tile with the query tile's few allowed
+    tiles, loaded once per query row rather than gathered per score.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     device = valid.device
     flat_valid = valid.flatten()
     per_tile = size // FLEX_BLOCK if size % FLEX_BLOCK == 0 else 1
-    block = size // per_tile
+    block, n_blocks = size // per_tile, groups * size // (size // per_tile)
     slots = valid.view(groups, per_tile, block)
     nonempty, whole = slots.any(-1), slots.all(-1)  # (G, blocks per tile)
-    if not tile_rule:
-        def mask_mod(b, h, q_idx, kv_idx):
-            return flat_valid[kv_idx]
-    elif units is None:
-        def mask_mod(b, h, q_idx, kv_idx):
-            return flat_valid[kv_idx] & (q_idx // size == kv_idx // size)
-    else:
-        allowed = torch.zeros(*units.shape[:-1], groups, dtype=torch.bool, device=device)
-        allowed.scatter_(-1, units, True)  # (B, heads, G, G)
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return flat_valid[kv_idx] & allowed[b, h, q_idx // size, kv_idx // size]
-
     if units is None:
         units = torch.arange(groups, device=device)[None, None, :, None]
 
+        def mask_mod(b, h, q_idx, kv_idx):
+            return flat_valid[kv_idx] & (q_idx // size == kv_idx // size)
+    else:
+        def mask_mod(b, h, q_idx, kv_idx):
+            q_tile, kv_tile = q_idx // size, kv_idx // size
+            seen = units[b, h, q_tile, 0] == kv_tile
+            for j in range(1, units.shape[-1]):
+                seen = seen | (units[b, h, q_tile, j] == kv_tile)
+            return flat_valid[kv_idx] & seen
+
     # 1. key blocks of every allowed tile, per query tile: (B, heads, G, units * blocks per tile)
     kv = (units[..., None] * per_tile + torch.arange(per_tile, device=device)).flatten(-2)
-    partial = (nonempty & ~whole)[units].flatten(-2)
-    full = whole[units].flatten(-2)
-    # 2. older torch infers the key block count from the width of the lists: keep them G * blocks wide
-    width = groups * per_tile
-    kv_num, kv_idx = _compact(partial, kv, width)
-    full_num, full_idx = _compact(full, kv, width) if bool(whole.any()) else (None, None)
-    # 3. the query blocks of one tile share its key blocks
-    spread = lambda x: None if x is None else x.repeat_interleave(per_tile, dim=2)  # noqa: E731
-    extra = {"compute_q_blocks": backward} if _from_kv_blocks_takes_compute_q_blocks() else {}
-    return BlockMask.from_kv_blocks(spread(kv_num), spread(kv_idx), spread(full_num), spread(full_idx),
-                                    BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(groups * size,) * 2,
-                                    **extra)
+    lists = {"": _compact((nonempty & ~whole)[units].flatten(-2), kv)}
+    if bool(whole.any()):
+        lists["full_"] = _compact(whole[units].flatten(-2), kv)
+    # 2. the query blocks of one tile share its key blocks; older torch infers the number of key
+    #    blocks from the width of the lists, so they are padded to all n_blocks
+    lists = {name: (num.repeat_interleave(per_tile, dim=2), idx.repeat_interleave(per_tile, dim=2))
+             for name, (num, idx) in lists.items()}
+    wide = {f"{name}kv_{part}": F.pad(x, (0, n_blocks - x.shape[-1])) if part == "indices" else x
+            for name, (num, idx) in lists.items() for part, x in (("num_blocks", num), ("indices", idx))}
+    skip_q = _from_kv_blocks_takes_compute_q_blocks()
+    mask = BlockMask.from_kv_blocks(**wide, BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(groups * size,) * 2, **({"compute_q_blocks": False} if skip_q else {}))
+    # 3. q-side lists for the backward pass, from the few listed pairs
+    if backward and skip_q:
+        for name, (num, idx) in lists.items():
+            q_num, q_idx = _transpose_lists(num, idx, n_blocks)
+            setattr(mask, f"{name}q_num_blocks", q_num)
+            setattr(mask, f"{name}q_indices", q_idx)
+    return mask
+
+
+def _kernel_options(head_dim: int) -> dict | None:
+    """Forward tile sizes: with head dim <= 64 the default 128-wide tiles ran 2-7x slower on H200 (torch 2.11)."""
+    return {"BLOCK_M": 64, "BLOCK_N": 64} if head_dim <= 64 else None
 
 
 def flex_tiles(qt: Tensor, kt: Tensor, vt: Tensor, t, units: Tensor | None = None) -> Tensor:
@@ -148,7 +181,7 @@ def flex_tiles(qt: Tensor, kt: Tensor, vt: Tensor, t, units: Tensor | None = Non
     backward = torch.is_grad_enabled() and any(x.requires_grad for x in (qt, kt, vt))
     block_mask = tile_block_mask(units, t.valid, t.groups, t.size, backward)
     if qt.is_cuda:
-        return _compiled_flex()(qt, kt, vt, block_mask=block_mask)
+        return _compiled_flex()(qt, kt, vt, block_mask=block_mask, kernel_options=_kernel_options(qt.shape[-1]))
     from torch.nn.attention.flex_attention import flex_attention
 
     return flex_attention(qt, kt, vt, block_mask=block_mask)  # unfused reference implementation

@@ -312,7 +312,22 @@ def test_flex_block_mask_lists_exactly_the_selected_tiles():
     blocks = bm.to_dense()  # (B, heads, G, G) 0/1 per (query tile, key tile)
     expected = torch.zeros_like(blocks).scatter_(-1, units, 1)
     assert torch.equal(blocks, expected)
-    assert bm.q_indices is not None  # backward needs the transposed lists
+    assert_q_lists_match_torch(bm)
+
+
+def assert_q_lists_match_torch(bm):
+    """The backward's per-key-block lists equal torch's own (dense) transposition of the forward lists."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    for prefix in ("", "full_"):
+        num, idx = getattr(bm, f"{prefix}kv_num_blocks"), getattr(bm, f"{prefix}kv_indices")
+        if num is None:
+            continue
+        ref = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=bm.BLOCK_SIZE, seq_lengths=bm.seq_lengths)
+        q_num, q_idx = getattr(bm, f"{prefix}q_num_blocks"), getattr(bm, f"{prefix}q_indices")
+        assert torch.equal(q_num, ref.q_num_blocks)
+        live = torch.arange(q_idx.shape[-1]) < q_num[..., None]
+        assert torch.equal(q_idx[live], ref.q_indices[..., : q_idx.shape[-1]][live])
 
 
 def test_flex_block_mask_skips_padding_blocks_and_marks_full_ones():
@@ -326,6 +341,7 @@ def test_flex_block_mask_skips_padding_blocks_and_marks_full_ones():
     assert full[:2] == [[0, 1], [0, 1]] and partial[:2] == [[], []]  # whole 16 x 16 tile: no mask_mod
     assert partial[2:4] == [[2, 3], [2, 3]]  # 16 x 4 tile: both blocks hold tokens
     assert partial[4:6] == [[4], [4]] and full[4:6] == [[], []]  # 4 x 16 tile: second block is all padding
+    assert_q_lists_match_torch(K.tile_block_mask(None, t.valid, t.groups, t.size, backward=True))
     q, k, v = qkv(grid, B=1, heads=2)
     out = A.from_tiles(K.flex_tiles(*(A.to_tiles(x, t) for x in (q, k, v)), t), t)
     assert torch.allclose(out, A.masked_attention(q, k, v, A.window_mask(grid, window)), atol=1e-10)
