@@ -189,28 +189,34 @@ def main(argv: list[str] | None = None) -> None:
     cases = args.cases.split(",")
     if "sdpa" not in cases:
         cases = ["sdpa", *cases]  # every speedup is relative to it
+    device = torch.cuda.get_device_name()
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    out = Path(args.out or f"benchmarks/results/attention-{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "benchmarks/attention.py", *(argv if argv is not None else sys.argv[1:])])
     metrics: dict[str, float] = {}
     for grid in (parse_shape(g) for g in args.grids.split(",")):
         for heads, D in (parse_shape(h) for h in args.heads.split(",")):
             metrics.update(bench_config(grid, heads, D, args.modes.split(","), cases, args.backend))
             torch.cuda.empty_cache()
-    device = torch.cuda.get_device_name()
-    for name in ("speedup_vs_sdpa", "effective_tflops", "selection_overhead", "kernel_effective_tflops"):
-        if f"{GOAL}.fwd.{name}" in metrics:
-            metrics[f"goal.{name}"] = metrics[f"{GOAL}.fwd.{name}"]
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    out = Path(args.out or f"benchmarks/results/attention-{slug}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+            write_result(out, device, command, metrics)  # after every layout: a cut-short run keeps its numbers
+    print(f"wrote {out}")
+
+
+def write_result(out: Path, device: str, command: str, metrics: dict[str, float]) -> None:
+    """The result file of DESIGN.md section 5, with the goal case's figures repeated under `goal.`."""
+    goal = {f"goal.{name}": metrics[f"{GOAL}.fwd.{name}"]
+            for name in ("speedup_vs_sdpa", "effective_tflops", "selection_overhead", "kernel_effective_tflops")
+            if f"{GOAL}.fwd.{name}" in metrics}
     result = {
         "benchmark": "attention",
         "device": device,
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
-        "command": shlex.join(["python", "benchmarks/attention.py", *(argv if argv is not None else sys.argv[1:])]),
-        "metrics": {name: round(value, 4) for name, value in metrics.items()},
+        "command": command,
+        "metrics": {name: round(value, 4) for name, value in {**goal, **metrics}.items()},
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

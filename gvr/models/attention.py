@@ -119,7 +119,7 @@ def _axis_tiles(n: int, w: int, shift: bool, device=None) -> Tensor:
 def tile_ids(grid: Grid, tile: tuple[int, int, int], shifts: tuple[bool, bool, bool], device=None) -> Tensor:
     """Tile index of every token (L,), tiles numbered in (t, h, w) raster order."""
     it, ih, iw = (_axis_tiles(n, w, s, device) for n, w, s in zip(grid, tile, shifts))
-    gh, gw = int(ih[-1]) + 1, int(iw[-1]) + 1
+    _, gh, gw = (math.ceil((n + _shift_pad(w, s)) / w) for n, w, s in zip(grid, tile, shifts))
     return ((it[:, None, None] * gh + ih[None, :, None]) * gw + iw[None, None, :]).flatten()
 
 

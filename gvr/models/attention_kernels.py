@@ -102,7 +102,8 @@ def _transpose_lists(num: Tensor, idx: Tensor, n_cols: int) -> tuple[Tensor, Ten
     row = torch.arange(rows, device=device)[None, :, None].expand_as(idx).flatten()
     order = torch.argsort(key * rows + row)
     key, row = key[order], row[order]
-    counts = torch.bincount(key, minlength=n_batch * n_cols + 1)
+    counts = torch.zeros(n_batch * n_cols + 1, dtype=torch.long, device=device)
+    counts.scatter_add_(0, key, torch.ones_like(key))  # bincount would wait for the GPU to size its output
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(key.numel(), device=device) - starts[key]
     # older torch sizes these lists as dense rows (rows wide); one spare slot takes the dead pairs
@@ -110,6 +111,15 @@ def _transpose_lists(num: Tensor, idx: Tensor, n_cols: int) -> tuple[Tensor, Ten
     out[torch.where(key < n_batch * n_cols, key * rows + rank, out.numel() - 1)] = row.to(torch.int32)
     q_num = counts[:-1].to(torch.int32).view(*batch, n_cols)
     return q_num, out[:-1].view(*batch, n_cols, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _tile_blocks(valid: Tensor, groups: int, size: int) -> tuple[int, int, Tensor, Tensor, bool]:
+    """Kernel blocks of a tiling: per tile, which hold a token and which hold only tokens; any whole one."""
+    per_tile = size // FLEX_BLOCK if size % FLEX_BLOCK == 0 else 1
+    slots = valid.view(groups, per_tile, size // per_tile)
+    nonempty, whole = slots.any(-1), slots.all(-1)  # (G, blocks per tile)
+    return per_tile, size // per_tile, nonempty, whole, bool(whole.any())
 
 
 def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int, backward: bool):
@@ -128,10 +138,8 @@ def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int,
 
     device = valid.device
     flat_valid = valid.flatten()
-    per_tile = size // FLEX_BLOCK if size % FLEX_BLOCK == 0 else 1
-    block, n_blocks = size // per_tile, groups * size // (size // per_tile)
-    slots = valid.view(groups, per_tile, block)
-    nonempty, whole = slots.any(-1), slots.all(-1)  # (G, blocks per tile)
+    per_tile, block, nonempty, whole, any_whole = _tile_blocks(valid, groups, size)  # cached: no GPU sync
+    n_blocks = groups * per_tile
     if units is None:
         units = torch.arange(groups, device=device)[None, None, :, None]
 
@@ -148,7 +156,7 @@ def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int,
     # 1. key blocks of every allowed tile, per query tile: (B, heads, G, units * blocks per tile)
     kv = (units[..., None] * per_tile + torch.arange(per_tile, device=device)).flatten(-2)
     lists = {"": _compact((nonempty & ~whole)[units].flatten(-2), kv)}
-    if bool(whole.any()):
+    if any_whole:
         lists["full_"] = _compact(whole[units].flatten(-2), kv)
     # 2. the query blocks of one tile share its key blocks; older torch infers the number of key
     #    blocks from the width of the lists, so they are padded to all n_blocks
@@ -157,8 +165,9 @@ def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int,
     wide = {f"{name}kv_{part}": F.pad(x, (0, n_blocks - x.shape[-1])) if part == "indices" else x
             for name, (num, idx) in lists.items() for part, x in (("num_blocks", num), ("indices", idx))}
     skip_q = _from_kv_blocks_takes_compute_q_blocks()
-    mask = BlockMask.from_kv_blocks(**wide, BLOCK_SIZE=block, mask_mod=mask_mod,
-                                    seq_lengths=(groups * size,) * 2, **({"compute_q_blocks": False} if skip_q else {}))
+    extra = {"compute_q_blocks": False} if skip_q else {}
+    mask = BlockMask.from_kv_blocks(**wide, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(groups * size,) * 2,
+                                    **extra)
     # 3. q-side lists for the backward pass, from the few listed pairs
     if backward and skip_q:
         for name, (num, idx) in lists.items():
@@ -169,8 +178,9 @@ def tile_block_mask(units: Tensor | None, valid: Tensor, groups: int, size: int,
 
 
 def _kernel_options(head_dim: int) -> dict | None:
-    """Forward tile sizes: with head dim <= 64 the default 128-wide tiles ran 2-7x slower on H200 (torch 2.11)."""
-    return {"BLOCK_M": 64, "BLOCK_N": 64} if head_dim <= 64 else None
+    """Forward tiles of 64 x 64: on an H200 with torch 2.11 the default tiles ran up to 40x slower at head dim 64
+    (sparse local, 20x68x120 tokens) and these were the fastest or within 10% at head dims 64 and 128."""
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3} if head_dim <= 128 else None
 
 
 def flex_tiles(qt: Tensor, kt: Tensor, vt: Tensor, t, units: Tensor | None = None) -> Tensor:
