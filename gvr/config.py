@@ -688,6 +688,13 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def params_to_json(params: Params) -> str:
+    """Resolved params as JSON, loadable with `params_from_json` (profile already applied, so dropped)."""
+    data = params.to_dict()
+    data["profile"], data["profiles"] = None, {}
+    return json.dumps(data)
+
+
 def params_from_json(text: str) -> Params:
     """Rebuild Params from the JSON embedded in a checkpoint or model artifact."""
     return _build(Params, json.loads(text), "")

@@ -8,11 +8,13 @@ A sidecar `<name>.txt` holds the prompt (else `--prompt`). The HR size keeps the
 ratio with a short side of `upscale.short_side` pixels, rounded to multiples of 16. Outputs go to
 `<output>/<name>.mp4` (and `<name>.safetensors` with `--save-latents`), written atomically; an
 input whose outputs exist is skipped (resumable), and a failing input is recorded in
-`<output>/failures.json` while the batch goes on.
+`<output>/failures.json` while the batch goes on. Inputs are spread over Ray workers (one GPU
+actor per GPU, each loading the model once) or a thread pool, per `compute`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -103,35 +105,52 @@ def upscale_one(pipe, job: Job, params: Params, output: str, prompt: str, save_l
             "height": video.shape[1], "width": video.shape[2], "seconds": time.perf_counter() - start}
 
 
+@functools.lru_cache(maxsize=1)
+def _pipeline(model_dir: str, device: str, dtype: str):
+    """This worker's pipeline, loaded once per process."""
+    from gvr.pipeline import GVRPipeline
+    from gvr.runtime import pick_device, torch_dtype
+
+    dev = pick_device(device)
+    return GVRPipeline.from_pretrained(model_dir, device=dev, dtype=torch_dtype(dtype, dev))
+
+
+def _run_job(job: Job, *, model_dir: str, params_json: str, output: str, prompt: str, save_latents: bool) -> dict:
+    from gvr.config import params_from_json
+
+    params = params_from_json(params_json)
+    pipe = _pipeline(model_dir, params.compute.device, params.compute.dtype)
+    return upscale_one(pipe, job, params, output, prompt, save_latents)
+
+
 def upscale(params: Params, *, model: str, input: str, output: str, prompt: str = "",
             save_latents: bool = False) -> list[dict]:
     """Upscale every input under `input` with `model` into `output`. Returns the per-input report."""
-    from tqdm.auto import tqdm
-
     from gvr import tracking
+    from gvr.config import params_to_json
+    from gvr.data.parallel import parallel_map
     from gvr.io.storage import exists, write_json
-    from gvr.pipeline import GVRPipeline
     from gvr.registry import resolve_model_uri
-    from gvr.runtime import pick_device, torch_dtype
 
     jobs = list_inputs(input, params)
     todo = [j for j in jobs if not exists(join(output, f"{j.name}.mp4"), params.storage)]
     log.info("upscale: %d inputs, %d to do", len(jobs), len(todo))
-    device = pick_device(params.compute.device)
-    pipe = GVRPipeline.from_pretrained(resolve_model_uri(model, params), device=device,
-                                       dtype=torch_dtype(params.compute.dtype, device))
-    report, failures = [], []
+    model_dir = resolve_model_uri(model, params)
+    _pipeline(model_dir, params.compute.device, params.compute.dtype)  # a broken model fails once, here
+    gpus = 1 if params.compute.device != "cpu" and torch.cuda.is_available() else 0
     with tracking.stage_run(params, "upscale", log_params=False):
-        for job in tqdm(todo, desc="upscale", unit="input"):
-            try:
-                report.append(upscale_one(pipe, job, params, output, prompt, save_latents))
-            except InputError as e:
-                failures.append({"input": job.src, "reason": str(e)})
-                log.warning("upscale: %s", e)
+        results = parallel_map(
+            functools.partial(_run_job, model_dir=model_dir, params_json=params_to_json(params), output=output,
+                              prompt=prompt, save_latents=save_latents),
+            todo, compute=params.compute, desc="upscale", num_gpus=gpus)
+        report = [r.value for r in results if r.ok]
+        failures = [{"input": r.item.src, "reason": r.error} for r in results if not r.ok]
+        for f in failures:
+            log.warning("upscale: %s", f["reason"])
         tracking.log_metrics({"upscaled": len(report), "failed": len(failures),
                               "seconds_per_input": float(np.mean([r["seconds"] for r in report])) if report else 0.0})
     if failures:
         write_json(join(output, "failures.json"), failures, params.storage)
-    if not report and failures:
+    if todo and not report:
         raise InputError(f"upscale: every input failed; first: {failures[0]['reason']}")
     return report

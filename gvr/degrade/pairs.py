@@ -228,6 +228,7 @@ def make_pairs(params: Params, sets: list[str] | None = None, *, progress: bool 
     """Build every requested pair set from the manifest's accepted videos. Returns each set's index."""
     import pandas as pd
 
+    from gvr.config import params_to_json
     from gvr.data.parallel import parallel_map
     from gvr.data.shards import write_index, write_null_text
     from gvr.io.storage import exists, local_copy
@@ -246,7 +247,7 @@ def make_pairs(params: Params, sets: list[str] | None = None, *, progress: bool 
     if unknown:
         raise InputError(f"degrade --sets: unknown set(s) {unknown}; defined: {list(params.degrade.sets)}")
 
-    params_json = _params_json(params)
+    params_json = params_to_json(params)
     _, _, _, _, text_enc = _encoders(params_json)
     null_emb, null_mask = text_enc.null(1)
     indexes = {}
@@ -302,11 +303,3 @@ def _index(name: str, ps: PairSetParams, params: Params, entries: list[dict], fa
             "z0_shape": z0, "c0_shape": c0, "text_shape": text,
             "codec": params.to_dict()["codec"], "text_encoder": params.to_dict()["text"],
             "shards": sorted(entries, key=lambda e: e["file"]), "failed": failed}
-
-
-def _params_json(params: Params) -> str:
-    import json
-
-    data = params.to_dict()
-    data["profile"], data["profiles"] = None, {}
-    return json.dumps(data)
