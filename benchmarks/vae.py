@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import time
 from functools import partial
@@ -77,7 +78,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "command": f"python benchmarks/vae.py --out benchmarks/results/{args.out.name}",
         "setup": {"model": "diffusers AutoencoderKLWan default config (Wan2.1 VAE), random weights, bf16",
-                  "size": args.size, "tiles": {k: [t.size, t.overlap] for k, t in tilings.items() if t.enabled},
+                  "diffusers": importlib.metadata.version("diffusers"), "size": args.size, "tiles": {k: [t.size, t.overlap] for k, t in tilings.items() if t.enabled},
                   "weights_gib": round(sum(p.numel() * p.element_size() for p in vae.parameters()) / GIB, 3)},
         "metrics": {},
         "failed": [],
