@@ -284,7 +284,7 @@ def _tiles_and_sums(x: Tensor, t: Tiling) -> tuple[Tensor, Tensor]:
 
 
 def tiles_and_means(x: Tensor, t: Tiling) -> tuple[Tensor, Tensor]:
-    """`to_tiles(x)` and the mean token of every tile (B, heads, G, D), in x's dtype, from one read of x on CUDA."""
+    """`to_tiles(x)` and the mean token of every tile (B, heads, G, D) in x's dtype, compiled together on CUDA."""
     tiles, sums = (_compiled(_tiles_and_sums) if x.is_cuda else _tiles_and_sums)(x, t)
     return tiles, (sums.detach() / t.valid.sum(-1, keepdim=True)).to(x.dtype)
 
