@@ -122,12 +122,13 @@ def _encoders(params_json: str):
 
 
 @functools.lru_cache(maxsize=1)
-def _base_model(kind: str, path: str | None, device: str, dtype: str):
+def _base_model(kind: str, path: str | None, device: str, dtype: str, channels: int, text_dim: int):
     from gvr.models.base import load_base_model
 
     if not path:
         raise InputError("degrade: model_guided pairs need base.path (a local base T2V transformer)")
-    return load_base_model(kind, path, device=torch.device(device), dtype=getattr(torch, dtype))
+    return load_base_model(kind, path, device=torch.device(device), dtype=getattr(torch, dtype),
+                           channels=channels, text_dim=text_dim)
 
 
 def _caption(video: str, params: Params) -> str:
@@ -158,7 +159,8 @@ def _lr_latent(hr: np.ndarray, method: str, params: Params, rng: np.random.Gener
     if method == "model_guided":
         from gvr.degrade.model_guided import degrade_latent
 
-        base = _base_model(params.base.kind, params.base.path, str(device), str(dtype).split(".")[-1])
+        base = _base_model(params.base.kind, params.base.path, str(device), str(dtype).split(".")[-1],
+                           params.codec.channels, params.text.dim)
         lo, hi = params.degrade.model_guided_alpha
         alpha = float(rng.uniform(lo, hi))
         gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
