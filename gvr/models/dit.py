@@ -129,6 +129,14 @@ class FP32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
 
 
+class FP32RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in float32 (bf16 input with float32 weights under autocast), input's dtype out."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        return F.rms_norm(x.float(), self.normalized_shape, w, self.eps).type_as(x)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention, q/k RMS-normed across heads, RoPE; `attend` is the pattern."""
 
@@ -136,8 +144,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.norm_q = FP32RMSNorm(dim, eps=eps)
+        self.norm_k = FP32RMSNorm(dim, eps=eps)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
@@ -157,8 +165,8 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.norm_q = FP32RMSNorm(dim, eps=eps)
+        self.norm_k = FP32RMSNorm(dim, eps=eps)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
