@@ -8,9 +8,9 @@ LR noise level are embedded together and modulate the blocks adaLN-style (one sh
 learned per-block offset, as in Wan); q/k carry 3D RoPE. The model predicts the rectified-flow velocity
 `noise - z0` (see `gvr.diffusion.flow_matching`); the sampler lives outside it.
 
-Block layout and names follow Wan2.1's transformer so that its weights load with the new parts
-zero-initialised (`gvr.models.wan_import`): the 2D attention is the addition; its gate rows of the
-modulation are zero there, so an imported model starts out as the base T2V model.
+The block layout is Wan2.1's transformer block plus the 2D attention, so Wan's weights load with the
+new parts silent (`gvr.models.wan_import` maps the names): the 2D attention's modulation rows are zero
+there, so its gate is 0 and an imported model starts out as the base T2V model.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ class SimpleGVR(nn.Module):
         Safe to call on storage made by `to_empty` (meta-built models): it sets every parameter.
 
         Zero: the shared time projection (with the zero per-block offsets every gate starts at 0, so
-        each block starts as identity, adaLN-Zero), the output head (the first prediction is 0), the
+        the gated sub-layers start silent, adaLN-Zero; the text cross-attention is ungated, as in Wan), the output head (the first prediction is 0), the
         LR noise-level embedding's last layer (t_c starts without effect) and the token-concatenation
         attention's output (the LR tokens start without effect).
         """
