@@ -42,12 +42,26 @@ def project_file(name: str) -> Path:
     return path
 
 
+def code_deps(dep: str) -> list[str]:
+    """Absolute paths of the Python sources a `gvr/...` dependency names (a file, or a package dir).
+
+    Directories are expanded to their `.py` files: a directory dependency would also hash the
+    `__pycache__` files Python writes on import, and DVC would rerun stages whose code never changed.
+    """
+    path = PACKAGE_DIR.parent / dep
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*.py") if "__pycache__" not in p.parts)
+    return [str(path)]
+
+
 def workspace_dvc_yaml() -> dict:
-    """dvc.yaml with `gvr/...` code dependencies made absolute (this installation's package)."""
+    """dvc.yaml with `gvr/...` code dependencies pointed at this installation's source files."""
     data = yaml.safe_load(project_file("dvc.yaml").read_text())
     for stage in data["stages"].values():
-        stage["deps"] = [str(PACKAGE_DIR.parent / d) if isinstance(d, str) and d.startswith("gvr/") else d
-                         for d in stage.get("deps", [])]
+        deps = []
+        for d in stage.get("deps", []):
+            deps += code_deps(d) if isinstance(d, str) and d.startswith("gvr/") else [d]
+        stage["deps"] = deps
     return data
 
 

@@ -1,6 +1,8 @@
 """Shared fixtures: seeded tiny configs and helpers used across the test tree."""
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,11 @@ import torch
 pytest_plugins = ["fixtures.s3", "fixtures.videos", "fixtures.iqa", "fixtures.models", "fixtures.services"]
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests run as `.venv/bin/python -m pytest` without an activated venv: put this interpreter's
+# console scripts (gvr, dvc, prefect, mlflow, moto_server) first on PATH for every child process.
+_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = os.pathsep.join([_BIN, os.environ.get("PATH", "")])
 
 
 @pytest.fixture(autouse=True)

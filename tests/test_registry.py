@@ -43,15 +43,15 @@ BASELINES = ["bilinear"]
     ({"lpips": 0.2, "bilinear_lpips": 0.1}, None, {"metric": "lpips", "mode": "min"}, False),
 ])
 def test_promotion_decision(metrics, champion, rule, expected):
-    promoted, reason = promotion_decision(RegisterParams(**rule), metrics, BASELINES, champion)
+    promoted, reason = promotion_decision(RegisterParams(**{"metric": "psnr", **rule}), metrics, BASELINES, champion)
     assert promoted is expected
     assert reason
 
 
 def test_reason_names_what_was_compared():
-    _, reason = promotion_decision(RegisterParams(), {"psnr": 24.0, "bilinear_psnr": 25.0}, BASELINES, None)
+    _, reason = promotion_decision(RegisterParams(metric="psnr"), {"psnr": 24.0, "bilinear_psnr": 25.0}, BASELINES, None)
     assert "bilinear_psnr" in reason
-    _, reason = promotion_decision(RegisterParams(), {"psnr": 30.0, "bilinear_psnr": 25.0}, BASELINES,
+    _, reason = promotion_decision(RegisterParams(metric="psnr"), {"psnr": 30.0, "bilinear_psnr": 25.0}, BASELINES,
                                    Champion("4", 31.0))
     assert "v4" in reason
 
@@ -95,6 +95,7 @@ def params(mlflow_env, tmp_path, monkeypatch) -> Params:
     p.tracking.experiment = f"reg-{uuid.uuid4().hex[:8]}"
     p.tracking.registered_model = f"gvr-{uuid.uuid4().hex[:8]}"
     p.compute.device = "cpu"
+    p.register.metric = "psnr"  # the tests' stand-in metrics are PSNR (the default ranks by MUSIQ)
     return p
 
 
