@@ -70,6 +70,7 @@ def make_workspace(ws: Path, experiment: str, model_name: str) -> Path:
         f"tracking:\n  experiment: {experiment}\n  registered_model: {model_name}\n"
         "orchestration:\n  retries: 1\n  retry_delay_s: 0\n"
         "train:\n  lr: 0.0001\n"
+        "register:\n  metric: psnr\n"
         "profiles:\n  tiny:\n    train:\n      lr: 0.001  # small-scale learning rate\n")
     (ws / "stage.py").write_text(STAGE_SCRIPT)
     (ws / "model").mkdir()
