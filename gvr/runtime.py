@@ -21,8 +21,11 @@ def pick_device(spec: str = "auto") -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
     device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"compute.device: {spec!r} asked for but CUDA is not available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"compute.device: {spec!r} asked for but CUDA is not available")
+        if device.index is None:  # plain "cuda": this rank's GPU
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
 
 

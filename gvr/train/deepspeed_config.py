@@ -24,12 +24,13 @@ def deepspeed_config(train: TrainParams, *, world_size: int, cuda: bool, dtype: 
     """The dict passed to `deepspeed.initialize(config=...)`.
 
     ZeRO and bf16 only apply on CUDA; on CPU (tests, tiny profile) the engine runs plain fp32 data
-    parallelism over gloo, which exercises the same code path at small scale. On CUDA DeepSpeed builds
-    its fused AdamW; on CPU the caller passes `torch.optim.AdamW` (`cpu_optimizer`) instead, which
-    is the same update without a C++ build on first use.
+    parallelism over gloo, which exercises the same code path at small scale. The optimizer is not
+    in the config: the caller passes PyTorch's AdamW (`make_optimizer`; fused kernels on CUDA), which
+    ZeRO partitions like its own and which needs no JIT build of DeepSpeed's FusedAdam on every node
+    (that build also fails on torch builds listing `sm_90a`, as torch 2.11's do).
     """
     micro, accum = batch_split(train, world_size)
-    cfg = {
+    cfg: dict[str, Any] = {
         "train_batch_size": train.global_batch,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
@@ -45,13 +46,10 @@ def deepspeed_config(train: TrainParams, *, world_size: int, cuda: bool, dtype: 
         "steps_per_print": 10**9,  # progress and logging are ours (tqdm + MLflow)
         "wall_clock_breakdown": False,
     }
-    if cuda:
-        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": train.lr, "betas": list(train.betas), "eps": 1e-8,
-                                                        "weight_decay": train.weight_decay}}
     return cfg
 
 
-def cpu_optimizer(train: TrainParams, parameters) -> torch.optim.Optimizer:
-    """AdamW with the params' settings, for CPU engines (see `deepspeed_config`)."""
+def make_optimizer(train: TrainParams, parameters, *, cuda: bool) -> torch.optim.Optimizer:
+    """AdamW with the params' settings (paper §4.1.4); PyTorch's fused implementation on CUDA."""
     return torch.optim.AdamW(parameters, lr=train.lr, betas=tuple(train.betas), eps=1e-8,
-                             weight_decay=train.weight_decay)
+                             weight_decay=train.weight_decay, fused=cuda)

@@ -159,7 +159,7 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
             tracking.log_params({"train.stage": stage, "train.world_size": world,
                                  "train.pairs": len(dataset), "train.fingerprint": fp})
         progress = _progress(rank, stage, sp.iterations, engine.global_steps)
-        window, t0, samples = [], time.perf_counter(), 0
+        window, t0, samples, last = [], time.perf_counter(), 0, {}
         while engine.global_steps < sp.iterations:
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -183,9 +183,13 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
                 dt = time.perf_counter() - t0
                 metrics = {"loss": sum(window) / len(window), "lr": engine.get_lr()[0],
                            "samples_per_s": samples / dt, "s_per_step": dt / tp.log_every}
+                if device.type == "cuda":
+                    metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if rank == 0:
                     tracking.log_metrics(metrics, step=step)
+                    log.debug("%s step %d: %s", stage, step, metrics)
+                last = metrics
                 window, t0, samples = [], time.perf_counter(), 0
             if step % tp.checkpoint_every == 0 and step < sp.iterations:
                 engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"fingerprint": fp})
@@ -197,7 +201,8 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
         if rank == 0:
             export(engine.module, params, stage, out, dataset)
             tracking.log_metrics({"final_step": engine.global_steps})
-            log.info("%s: exported %s (run %s)", stage, out, getattr(run, "info", None) and run.info.run_id)
+            log.info("%s: exported %s after %d steps; last window %s (run %s)", stage, out, engine.global_steps,
+                     {k: round(v, 4) for k, v in last.items()}, getattr(run, "info", None) and run.info.run_id)
     if world > 1:
         torch.distributed.barrier()
     return out
@@ -207,13 +212,13 @@ def _engine(model, params: Params, world: int, device: torch.device):
     """The DeepSpeed engine around `model`, configured from `params.train`."""
     import deepspeed
 
-    from gvr.train.deepspeed_config import cpu_optimizer, deepspeed_config
+    from gvr.train.deepspeed_config import deepspeed_config, make_optimizer
 
     cuda = device.type == "cuda"
     trainable = [p for p in model.parameters() if p.requires_grad]
     cfg = deepspeed_config(params.train, world_size=world, cuda=cuda, dtype=params.compute.dtype)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=cfg,
-                                           optimizer=None if cuda else cpu_optimizer(params.train, trainable))
+    engine, _, _, _ = deepspeed.initialize(model=model, config=cfg,
+                                           optimizer=make_optimizer(params.train, trainable, cuda=cuda))
     return engine
 
 

@@ -17,8 +17,19 @@ def test_paper_batch_on_16_gpus():
     assert batch_split(p.train, 16) == (1, 2)
     cfg = deepspeed_config(p.train, world_size=16, cuda=True, dtype="bfloat16")
     assert cfg["train_batch_size"] == 32 and cfg["gradient_accumulation_steps"] == 2
-    assert cfg["optimizer"]["type"] == "AdamW" and cfg["optimizer"]["params"]["lr"] == 5e-5
+    assert "optimizer" not in cfg  # PyTorch's AdamW is passed in (make_optimizer)
     assert cfg["bf16"]["enabled"] and cfg["zero_optimization"]["stage"] == 2
+
+
+def test_optimizer_is_adamw_with_the_paper_settings():
+    import torch
+
+    from gvr.train.deepspeed_config import make_optimizer
+
+    p = load_params(ROOT / "params.yaml")
+    opt = make_optimizer(p.train, [torch.nn.Parameter(torch.zeros(2))], cuda=False)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["lr"] == 5e-5 and opt.defaults["betas"] == (0.9, 0.999)
 
 
 def test_cpu_config_is_plain_fp32():
