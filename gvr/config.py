@@ -417,6 +417,7 @@ class SamplerParams:
     steps: int = param(50, ge=2)
     bins: int = param(1000, ge=2)
     high_freq_cutoff: float = param(0.5, gt=0, lt=1)
+    uniform_floor: float = param(0.05, ge=0, lt=1)  # probability mass kept uniform over t (see timesteps)
 
 
 @dataclass

@@ -63,7 +63,8 @@ def derive_sampler(params: Params) -> dict:
     with tracking.stage_run(params, "derive-sampler"), atomic_dir(layout.sampler, params.storage) as tmp:
         curve = derive_detail_aware(model, clips, hr_size=hr_size, steps=sp.steps,
                                     noise_aug=params.evaluate.noise_aug, cutoff=sp.high_freq_cutoff,
-                                    bins=sp.bins, seed=params.compute.seed, json_path=f"{tmp}/detail_aware.json",
+                                    bins=sp.bins, seed=params.compute.seed, uniform_floor=sp.uniform_floor,
+                                    json_path=f"{tmp}/detail_aware.json",
                                     plot_path=f"{tmp}/detail_curve.png", progress=True)
         tracking.log_artifacts(tmp)
         tracking.log_metrics({"sampler_clips": curve.clips})

@@ -13,15 +13,9 @@ from gvr.models.text import load_text_encoder
 from gvr.models.vae import load_codec
 from gvr.pipeline import GVRPipeline
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = PRESETS["gvr-tiny"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

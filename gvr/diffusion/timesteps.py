@@ -137,7 +137,7 @@ def curve_to_bins(step_t: list[float], variation: list[float], steps: int, bins:
 def derive_detail_aware(model, clips: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], *,
                         hr_size: tuple[int, int] | Callable[[torch.Tensor], tuple[int, int]],
                         steps: int = 50, noise_aug: float = 0.3, cutoff: float = 0.5, bins: int = 1000,
-                        seed: int = 0, json_path: str | Path | None = None,
+                        seed: int = 0, uniform_floor: float = 0.05, json_path: str | Path | None = None,
                         plot_path: str | Path | None = None, progress: bool = False) -> DetailCurve:
     """Build the detail-aware timestep distribution from a uniform-trained model (paper §3.4, Fig. 6).
 
@@ -150,6 +150,9 @@ def derive_detail_aware(model, clips: Iterable[tuple[torch.Tensor, torch.Tensor,
         cutoff: normalised DCT radius above which a coefficient counts as high-frequency.
         bins: bins of the resulting distribution over [0, 1].
         seed: seeds the noise of clip i with seed + i.
+        uniform_floor: share of probability spread uniformly over [0, 1]. The last Euler step lands
+            exactly on its own x0 prediction, so the curve is 0 there by construction; without a floor
+            the low-noise end would never be trained again and would drift from stage 1.
         json_path, plot_path: where to save the distribution (JSON) and the curve plot (PNG).
         progress: show a progress bar over clips.
     Returns:
@@ -186,7 +189,10 @@ def derive_detail_aware(model, clips: Iterable[tuple[torch.Tensor, torch.Tensor,
     curve = (variation / n).tolist()
     meta = {"steps": steps, "clips": n, "noise_aug": noise_aug, "cutoff": cutoff,
             "step_t": step_t, "variation": curve}
-    sampler = DetailAwareSampler(curve_to_bins(step_t, curve, steps, bins), meta=meta)
+    probs = torch.tensor(curve_to_bins(step_t, curve, steps, bins), dtype=torch.float64)
+    probs = (1 - uniform_floor) * probs / probs.sum() + uniform_floor / bins
+    meta["uniform_floor"] = uniform_floor
+    sampler = DetailAwareSampler(probs.tolist(), meta=meta)
     result = DetailCurve(step_t=step_t, variation=curve, sampler=sampler, clips=n)
     if json_path is not None:
         sampler.save(json_path)

@@ -78,7 +78,7 @@ def test_derive_detail_aware_puts_mass_where_detail_appears(tmp_path):
         return (z_t - x0_hat(tt)) / tt
 
     clips = [(torch.randn(1, 2, 1, 8, 8, generator=g), torch.zeros(1, 1, 4), None) for _ in range(2)]
-    out = derive_detail_aware(model, clips, hr_size=(16, 16), steps=10, bins=100,
+    out = derive_detail_aware(model, clips, hr_size=(16, 16), steps=10, bins=100, uniform_floor=0.0,
                               json_path=tmp_path / "d.json", plot_path=tmp_path / "d.png")
     probs = torch.tensor(out.sampler.probs)
     assert probs[:50].sum() < 1e-6 * probs.sum() and probs[50:].sum() > 0
@@ -87,6 +87,20 @@ def test_derive_detail_aware_puts_mass_where_detail_appears(tmp_path):
     assert DetailAwareSampler.load(tmp_path / "d.json").probs == pytest.approx(out.sampler.probs)
     t = DetailAwareSampler.load(tmp_path / "d.json").sample(1000, torch.Generator().manual_seed(0))
     assert (t >= 0.5).all()
+
+
+def test_uniform_floor_keeps_every_timestep_trainable():
+    """The last Euler step lands on its own x0 prediction: without a floor t < 1/steps gets no mass."""
+    def model(z_t, t, c_t, t_c, text, mask):  # x0 prediction sharpens steadily as t falls
+        return (z_t - (1 - t[0]) * torch.ones_like(z_t)) / t[0]
+
+    clips = [(torch.randn(1, 2, 1, 8, 8), torch.zeros(1, 1, 4), None)]
+    bare = derive_detail_aware(model, clips, hr_size=(8, 8), steps=10, bins=100, uniform_floor=0.0)
+    floored = derive_detail_aware(model, clips, hr_size=(8, 8), steps=10, bins=100, uniform_floor=0.05)
+    assert sum(bare.sampler.probs[:10]) == 0  # the last step's interval [0, 0.1)
+    p = torch.tensor(floored.sampler.probs)
+    assert p.min() >= 0.05 / 100 * 0.999 and p.sum() == pytest.approx(1.0)
+    assert (floored.sampler.sample(20000, torch.Generator().manual_seed(0)) < 0.1).float().mean() > 0.004
 
 
 def test_derive_detail_aware_needs_clips():

@@ -14,16 +14,9 @@ from gvr.errors import ConfigError, InputError
 from gvr.models.dit import SimpleGVR, apply_rope, rope_table, spatial_attention
 from gvr.models.presets import PRESETS, build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = PRESETS["gvr-tiny"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops run fastest single-threaded (thread start-up dominates, worse on a busy box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randomize_(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:

@@ -12,13 +12,7 @@ from gvr.models.dit import SimpleGVR
 from gvr.models.presets import PRESETS, DiTConfig, build_model, load_init, resolve
 from gvr.models.wan_import import load_wan, read_wan_state, to_diffusers_names, wan_to_gvr
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(cfg: DiTConfig) -> int:

@@ -13,13 +13,7 @@ from gvr.models.upsampler import (
     unfold_time,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("kind", ["upsampler", "resblock_interpolate", "interpolate"])
