@@ -192,11 +192,11 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
                 last = metrics
                 window, t0, samples = [], time.perf_counter(), 0
             if step % tp.checkpoint_every == 0 and step < sp.iterations:
-                engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"fingerprint": fp})
+                engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"fingerprint": fp, "params": params.to_dict()})
         progress.close()
 
         # 5. export (rank 0) and a final checkpoint so a rerun with the same params is a no-op
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{engine.global_steps}", client_state={"fingerprint": fp})
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{engine.global_steps}", client_state={"fingerprint": fp, "params": params.to_dict()})
         out = layout.model(stage)
         if rank == 0:
             export(engine.module, params, stage, out, dataset)
