@@ -365,7 +365,8 @@ class StageParams:
     iterations: int = param(1000, ge=1)
     frames: int = param(17, ge=1)
     pairs: list[str] = param(["stage1"])  # pair sets this stage trains on (those with `frames` frames)
-    attention: str | None = None  # override of the model's 3D attention kind for this stage
+    # override of the model's 3D attention kind for this stage
+    attention: str | None = param(None, choices=["full", "temporal_unit", "window", "sparse_local"])
     sampler: str = param("detail_aware", choices=["uniform", "detail_aware"])  # training timesteps
 
 
@@ -394,10 +395,11 @@ class TrainParams:
     null_prompt_prob: float = param(0.1, ge=0, le=1)
     noise_aug: list[float] = param([0.3, 0.6])  # LR noise-augmentation level t_c ~ U[a, b]
     grad_clip: float = param(1.0, ge=0)
-    zero_stage: int = param(2, ge=0, le=3)
+    zero_stage: int = param(2, ge=0, le=2)  # ZeRO-3 would need a gathered export; 1B fits with ZeRO-2
     warmup_steps: int = param(0, ge=0)
     log_every: int = param(10, ge=1)
     checkpoint_every: int = param(1000, ge=1)
+    keep_checkpoints: int = param(2, ge=1)  # newest checkpoint tags kept per stage
     seed: int = param(0, ge=0)
     stages: dict[str, StageParams] = param(default_factory=lambda: {
         # Stage 1 is the uniform-trained model the detail-aware distribution is derived from.

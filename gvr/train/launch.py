@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from gvr.config import Params
-from gvr.errors import ConfigError
+from gvr.errors import ConfigError, GVRError
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,10 @@ def write_resolved_params(params: Params, stage: str) -> Path:
     """Params with profile and overrides already applied, for the launched ranks to load as-is."""
     data = params.to_dict()
     data["profile"], data["profiles"] = None, {}
-    path = Path(".gvr") / f"params-{stage}.yaml"
+    # One file per node: under Kubernetes every node runs this on the same shared workspace.
+    path = Path(".gvr") / f"params-{stage}-node{params.train.launcher.node_rank}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=False))
     tmp.replace(path)
     return path
@@ -101,8 +102,10 @@ def train(params: Params, stage: str, *, resume: bool = True) -> None:
         log.info("launching: %s", " ".join(cmd))
         rc = subprocess.call(cmd)
         if rc:
-            sys.exit(rc)
+            raise GVRError(f"train {stage}: the deepspeed launcher exited with status {rc} (see the ranks' log above)")
         return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("training needs DeepSpeed: pip install 'gvr[train]'")
     from gvr.train.trainer import run_stage
 
     run_stage(params, stage, resume=resume)

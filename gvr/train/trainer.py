@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -34,11 +33,50 @@ def previous_stage(params: Params, stage: str) -> str | None:
     return names[i - 1] if i else None
 
 
-def fingerprint(params: Params, stage: str, data_ids: list[str]) -> str:
-    """Identity of a stage's run: checkpoints from a run with other params or data are not resumed."""
-    blob = json.dumps({"train": params.to_dict()["train"], "model": params.to_dict()["model"],
-                       "stage": stage, "data": sorted(data_ids)}, sort_keys=True)
+# Train settings that do not change what a stage computes: changing them keeps its checkpoints.
+_CADENCE_KEYS = ("stages", "launcher", "log_every", "checkpoint_every", "keep_checkpoints", "loader_workers")
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(params: Params, stage: str, data_ids: list[str], inputs: dict[str, str]) -> str:
+    """Identity of what a stage computes: checkpoints of another identity are never resumed.
+
+    It covers the result-shaping settings (optimiser, this stage, the model, precision, seed), the
+    training data, and `inputs`: digests of the starting weights and the timestep distribution, so
+    a rerun after an upstream stage changed starts over instead of re-exporting stale weights.
+    """
+    d = params.to_dict()
+    train = {k: v for k, v in d["train"].items() if k not in _CADENCE_KEYS}
+    blob = json.dumps({"train": train, "stage": d["train"]["stages"][stage], "name": stage, "model": d["model"],
+                       "dtype": params.compute.dtype, "data": sorted(data_ids), "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stage_inputs(params: Params, stage: str) -> dict[str, str]:
+    """Digests of the files a stage starts from: the previous export (or model.init) and the sampler."""
+    layout = Layout.of(params)
+    prev = previous_stage(params, stage)
+    out = {}
+    if prev is not None:
+        out["init"] = file_digest(Path(_local_dir(params, layout.model(prev))) / "model.safetensors")
+    elif params.model.init:
+        init = Path(params.model.init)
+        files = sorted(init.rglob("*.safetensors")) if init.is_dir() else [init]
+        out["init"] = hashlib.sha256("".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+                                             for f in files).encode()).hexdigest()
+    if params.train.stages[stage].sampler == "detail_aware":
+        from gvr.io.storage import read_bytes
+
+        out["sampler"] = hashlib.sha256(read_bytes(layout.sampler_file, params.storage)).hexdigest()
+    return out
 
 
 def build_stage_model(params: Params, stage: str, device: torch.device):
@@ -114,6 +152,9 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
     device = pick_device(params.compute.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    from gvr.tracking import check_reachable, tracking_uri
+
+    check_reachable(tracking_uri(params))  # on every rank: a dead server must not leave peers waiting
     rank, world = init_distributed(device)
     seed_everything(tp.seed + rank)
 
@@ -137,19 +178,14 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
     dtype = torch_dtype(params.compute.dtype, device)
     t_sampler = _timestep_sampler(params, stage)
 
-    # 3. resume
+    # 3. resume: rank 0 decides from the fingerprint stamp, every rank follows
     ckpt_dir = _checkpoint_dir(params, stage)
-    fp = fingerprint(params, stage, dataset.ids)
-    if resume and (ckpt_dir / "latest").is_file():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
-        if client and client.get("fingerprint") == fp:
-            log.info("%s: resumed at step %d from %s", stage, engine.global_steps, ckpt_dir)
-        else:
-            log.warning("%s: checkpoints in %s come from other params/data; starting over", stage, ckpt_dir)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            engine = _engine(build_stage_model(params, stage, device), params, world, device)
-    elif not resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    fp = fingerprint(params, stage, dataset.ids, stage_inputs(params, stage))
+    resumed = _prepare_checkpoints(ckpt_dir, fp, resume, rank, world, stage)
+    if resumed:
+        engine.load_checkpoint(str(ckpt_dir))
+        log.info("%s: resumed at step %d from %s", stage, engine.global_steps, ckpt_dir)
+    start_step = engine.global_steps
 
     # 4. loop
     gen = torch.Generator(device=device).manual_seed(tp.seed * 1000 + rank + engine.global_steps)
@@ -167,8 +203,8 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
                                         null_text=null_text, null_mask=null_mask, t_sampler=t_sampler,
                                         noise_aug=tuple(tp.noise_aug), null_prompt_prob=tp.null_prompt_prob,
                                         generator=gen)
-            if not math.isfinite(loss.item()):
-                raise InputError(f"train {stage}: loss became {loss.item()} at step {engine.global_steps}; "
+            if not _all_finite(loss, world):  # every rank stops together, none hangs in a collective
+                raise InputError(f"train {stage}: the loss became NaN/inf at step {engine.global_steps}; "
                                  "check the data (NaN latents) or lower train.lr")
             engine.backward(loss)
             stepped = engine.is_gradient_accumulation_boundary()
@@ -192,11 +228,12 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
                 last = metrics
                 window, t0, samples = [], time.perf_counter(), 0
             if step % tp.checkpoint_every == 0 and step < sp.iterations:
-                engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"fingerprint": fp, "params": params.to_dict()})
+                _save_checkpoint(engine, ckpt_dir, params, fp, rank)
         progress.close()
 
-        # 5. export (rank 0) and a final checkpoint so a rerun with the same params is a no-op
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{engine.global_steps}", client_state={"fingerprint": fp, "params": params.to_dict()})
+        # 5. a final checkpoint (a rerun with the same inputs is then a no-op) and the export (rank 0)
+        if engine.global_steps > start_step:
+            _save_checkpoint(engine, ckpt_dir, params, fp, rank)
         out = layout.model(stage)
         if rank == 0:
             export(engine.module, params, stage, out, dataset)
@@ -206,6 +243,49 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
     if world > 1:
         torch.distributed.barrier()
     return out
+
+
+STAMP = "fingerprint.json"
+
+
+def _prepare_checkpoints(ckpt_dir: Path, fp: str, resume: bool, rank: int, world: int, stage: str) -> bool:
+    """Whether to resume from `ckpt_dir`; stale checkpoints are removed. Decided on rank 0, shared."""
+    decision = [False]
+    if rank == 0:
+        stamp = ckpt_dir / STAMP
+        have = (ckpt_dir / "latest").is_file()
+        same = stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp
+        decision[0] = resume and have and same
+        if have and not decision[0]:
+            why = "--no-resume" if not resume else "other params, data or upstream weights"
+            log.warning("%s: discarding checkpoints in %s (%s)", stage, ckpt_dir, why)
+        if not decision[0]:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_dir / f".{STAMP}.tmp"
+            tmp.write_text(json.dumps({"fingerprint": fp, "stage": stage}))
+            tmp.replace(stamp)
+    if world > 1:
+        torch.distributed.broadcast_object_list(decision, src=0)
+        torch.distributed.barrier()  # nobody loads or writes while rank 0 clears
+    return decision[0]
+
+
+def _save_checkpoint(engine, ckpt_dir: Path, params: Params, fp: str, rank: int) -> None:
+    """Save the engine state (all ranks), then keep only the newest `train.keep_checkpoints` tags."""
+    engine.save_checkpoint(str(ckpt_dir), tag=f"step{engine.global_steps}",
+                           client_state={"fingerprint": fp, "params": params.to_dict()})
+    if rank == 0:
+        tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+        for old in tags[:-params.train.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _all_finite(loss: torch.Tensor, world: int) -> bool:
+    ok = torch.isfinite(loss.detach()).float()
+    if world > 1:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item())
 
 
 def _engine(model, params: Params, world: int, device: torch.device):
