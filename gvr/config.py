@@ -419,6 +419,7 @@ class SamplerParams:
     steps: int = param(50, ge=2)
     bins: int = param(1000, ge=2)
     high_freq_cutoff: float = param(0.5, gt=0, lt=1)
+    noise_aug: float = param(0.3, ge=0, le=1)  # fixed LR noise level of the inference runs
     uniform_floor: float = param(0.05, ge=0, lt=1)  # probability mass kept uniform over t (see timesteps)
 
 

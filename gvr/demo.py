@@ -15,7 +15,9 @@ import subprocess
 import sys
 from collections.abc import Iterable
 
+from gvr.config import load_params
 from gvr.errors import GVRError
+from gvr.layout import Layout
 from gvr.workspace import add_videos, create_workspace, tool_env
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,9 @@ def run_demo(workspace: str = "runs/demo", *, runner: str = "prefect", params_ov
     print("running:", " ".join(cmd))
     if subprocess.call(cmd, cwd=ws, env=env):
         raise GVRError(f"the pipeline failed (`{' '.join(cmd)}` in {ws}); see the log above")
-    metrics = json.loads((ws / "data" / "eval" / "metrics.json").read_text())
-    registry = json.loads((ws / "data" / "registry.json").read_text())
+    layout = Layout.of(load_params(ws / "params.yaml"))
+    metrics = json.loads((ws / layout.metrics).read_text())
+    registry = json.loads((ws / layout.registry).read_text())
     print(json.dumps({"metrics": metrics, "registry": registry}, indent=2))
     print(f"MLflow UI: mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
     print(f"upscale:   cd {ws} && gvr upscale --model models:/gvr@champion --input <dir> --output <dir>")

@@ -189,12 +189,22 @@ class GVRPipeline:
         return latent_frames > cfg.train_latent_frames and "full" in cfg.attention
 
 
+def load_pipeline(model_dir: str | Path, device: str = "auto", dtype: str = "bfloat16") -> GVRPipeline:
+    """The pipeline of an exported model folder, on the params-style device spec and dtype name."""
+    from gvr.runtime import pick_device, torch_dtype
+
+    dev = pick_device(device)
+    return GVRPipeline.from_pretrained(model_dir, device=dev, dtype=torch_dtype(dtype, dev))
+
+
 def _video_tensor(video) -> torch.Tensor:
     """(B, 3, T, H, W) float in [-1, 1] from a tensor of that layout or (T, H, W, 3) uint8 frames."""
     if isinstance(video, np.ndarray):
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise InputError(f"lr_video: numpy frames must be uint8 (T, H, W, 3), got {video.dtype} {video.shape}")
-        video = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+        from gvr.io.video import to_tensor
+
+        video = to_tensor(video)
     if not isinstance(video, torch.Tensor):
         raise InputError(f"lr_video: expected a tensor or numpy frames, got {type(video).__name__}")
     return video

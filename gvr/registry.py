@@ -55,12 +55,10 @@ _WHERE = ".gvr-model-path"  # in a cached download: the downloaded model's path 
 
 
 def load_pipeline(model_dir: str, device: str = "auto", dtype: str = "bfloat16"):
-    """The SimpleGVR inference pipeline of an exported model folder."""
-    from gvr.pipeline import GVRPipeline
-    from gvr.runtime import pick_device, torch_dtype
+    """The inference pipeline of an exported model folder (imported lazily: torch is heavy)."""
+    from gvr.pipeline import load_pipeline as load
 
-    dev = pick_device(device)
-    return GVRPipeline.from_pretrained(model_dir, device=dev, dtype=torch_dtype(dtype, dev))
+    return load(model_dir, device, dtype)
 
 
 class GVRModel(PythonModel):
@@ -80,7 +78,7 @@ class GVRModel(PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         import torch
 
-        from gvr.eval.runner import to_uint8
+        from gvr.io.video import to_frames
         from gvr.upscale import hr_size_for
 
         p = {**PREDICT_DEFAULTS, **(params or {})}
@@ -90,7 +88,7 @@ class GVRModel(PythonModel):
         out = self.pipe(lr_latent=lr, prompt=p["prompt"], hr_size=size, steps=int(p["steps"]),
                         noise_aug=float(p["noise_aug"]), guidance=float(p["guidance"]), seed=int(p["seed"]),
                         decode=True)
-        return np.stack([to_uint8(v) for v in out.video])  # (B, frames, H, W, 3)
+        return np.stack([to_frames(v) for v in out.video])  # (B, frames, H, W, 3)
 
 
 PREDICT_DEFAULTS = {"prompt": "", "steps": 50, "noise_aug": 0.3, "guidance": 1.0, "seed": 0, "short_side": 1088}

@@ -49,48 +49,33 @@ def stage_model(params: Params, model_dir: str | None) -> str:
 
 def derive_sampler(params: Params) -> dict:
     """Detail-aware timestep distribution from the uniform-trained first stage (paper §3.4, Fig. 6)."""
+    from gvr.data.shards import iter_pairs, read_index
     from gvr.diffusion.timesteps import derive_detail_aware
     from gvr.io.storage import atomic_dir, local_dir
-    from gvr.pipeline import GVRPipeline
+    from gvr.models.dit import SimpleGVR
     from gvr.runtime import pick_device
 
     layout = Layout.of(params)
     first = list(params.train.stages)[0]
     device = pick_device(params.compute.device)
-    model = GVRPipeline.from_pretrained(local_dir(layout.model(first), params.storage), device=device).model
-    clips, hr_size = _lr_clips(params, params.train.stages[first].pairs, params.sampler.clips, device)
-    sp = params.sampler
+    model = SimpleGVR.from_pretrained(local_dir(layout.model(first), params.storage), device=device)
+    sp, clips, hr_size = params.sampler, [], None
+    for name in params.train.stages[first].pairs:
+        set_dir = layout.pairs(name)
+        hr_size = hr_size or tuple(read_index(set_dir, params.storage)["z0_shape"][-2:])
+        for _, t in iter_pairs(set_dir, params.storage, keys=("c0", "text", "text_mask"), limit=sp.clips - len(clips)):
+            clips.append((t["c0"][None].float().to(device), t["text"][None].float().to(device),
+                          t["text_mask"][None].bool().to(device)))
+    if not clips:
+        raise InputError(f"derive-sampler: no pairs in sets {params.train.stages[first].pairs}")
     with tracking.stage_run(params, "derive-sampler"), atomic_dir(layout.sampler, params.storage) as tmp:
-        curve = derive_detail_aware(model, clips, hr_size=hr_size, steps=sp.steps,
-                                    noise_aug=params.evaluate.noise_aug, cutoff=sp.high_freq_cutoff,
-                                    bins=sp.bins, seed=params.compute.seed, uniform_floor=sp.uniform_floor,
-                                    json_path=f"{tmp}/detail_aware.json",
+        curve = derive_detail_aware(model, clips, hr_size=hr_size, steps=sp.steps, noise_aug=sp.noise_aug,
+                                    cutoff=sp.high_freq_cutoff, bins=sp.bins, seed=params.compute.seed,
+                                    uniform_floor=sp.uniform_floor, json_path=f"{tmp}/detail_aware.json",
                                     plot_path=f"{tmp}/detail_curve.png", progress=True)
         tracking.log_artifacts(tmp)
         tracking.log_metrics({"sampler_clips": curve.clips})
     return {"clips": curve.clips, "variation": curve.variation}
-
-
-def _lr_clips(params: Params, sets: list[str], limit: int, device):
-    """Up to `limit` (c0, text, text_mask) batches of one from training pair sets, and their HR latent size."""
-    from gvr.data.shards import load_tensors, read_index
-    from gvr.io.storage import join
-
-    clips, hr_size = [], None
-    for name in sets:
-        set_dir = Layout.of(params).pairs(name)
-        index = read_index(set_dir, params.storage)
-        hr_size = hr_size or tuple(index["z0_shape"][-2:])
-        for shard in index["shards"]:
-            t = load_tensors(join(set_dir, shard["file"]), params.storage, keys=("c0", "text", "text_mask"))
-            for row in range(shard["count"]):
-                clips.append((t["c0"][row:row + 1].float().to(device), t["text"][row:row + 1].float().to(device),
-                              t["text_mask"][row:row + 1].bool().to(device)))
-                if len(clips) >= limit:
-                    return clips, hr_size
-    if not clips:
-        raise InputError(f"derive-sampler: no pairs in sets {sets}")
-    return clips, hr_size
 
 
 def evaluate(params: Params, model_dir: str | None = None) -> dict[str, float]:

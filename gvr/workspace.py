@@ -94,6 +94,8 @@ def create_workspace(dest: str | Path, *, profile: str | None = "tiny", override
     if dest.exists() and any(dest.iterdir()):
         if not force:
             raise GVRError(f"{dest} exists and is not empty (use --force to recreate it)")
+        if not ((dest / "params.yaml").is_file() and (dest / "dvc.yaml").is_file()):
+            raise GVRError(f"{dest} is not a gvr workspace (no params.yaml + dvc.yaml); not deleting it")
         shutil.rmtree(dest)
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(project_file("params.yaml"), dest / "params.yaml")

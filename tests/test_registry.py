@@ -238,7 +238,7 @@ def test_pyfunc_runs_a_real_tiny_model(params, tmp_path):
     import mlflow
 
     from gvr.config import CodecParams, TextParams
-    from gvr.eval.runner import to_uint8
+    from gvr.io.video import to_frames
     from gvr.models.presets import PRESETS, build_model
     from gvr.pipeline import GVRPipeline
 
@@ -254,4 +254,4 @@ def test_pyfunc_runs_a_real_tiny_model(params, tmp_path):
     video = pyfunc.predict(latent.numpy(), params={"steps": 2, "short_side": 32, "seed": 3})
     assert video.shape == (1, 5, 32, 48, 3) and video.dtype == np.uint8  # 2 latent frames -> 5 frames
     direct = GVRPipeline.from_pretrained(tmp_path / "tiny")(lr_latent=latent, hr_size=(32, 48), steps=2, seed=3)
-    assert np.array_equal(video[0], to_uint8(direct.video[0]))
+    assert np.array_equal(video[0], to_frames(direct.video[0]))

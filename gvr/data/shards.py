@@ -134,6 +134,24 @@ class LatentPairDataset(Dataset):
         return out
 
 
+def iter_pairs(set_dir: str, storage: StorageParams, *, keys: tuple[str, ...] | None = None,
+               limit: int | None = None):
+    """(clip id, {name: tensor}) for the pairs of a set in index order, one shard in memory at a time."""
+    index = read_index(set_dir, storage)
+    n = 0
+    for shard in index["shards"]:
+        t = load_tensors(join(set_dir, shard["file"]), storage, keys=keys)
+        for row in range(shard["count"]):
+            if limit is not None and n >= limit:
+                return
+            yield f"{shard['source'].rsplit('/', 1)[-1]}#{row}", {k: v[row] for k, v in t.items()}
+            n += 1
+
+
+def count_pairs(set_dir: str, storage: StorageParams) -> int:
+    return sum(s["count"] for s in read_index(set_dir, storage)["shards"])
+
+
 def write_null_text(set_dir: str, emb: torch.Tensor, mask: torch.Tensor, storage: StorageParams) -> None:
     save_tensors(join(set_dir, NULL_TEXT), {"text": emb, "text_mask": mask}, storage)
 

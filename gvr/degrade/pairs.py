@@ -26,6 +26,7 @@ import torch
 from gvr.config import PairSetParams, Params
 from gvr.errors import InputError
 from gvr.io.storage import join
+from gvr.io.video import to_frames, to_tensor
 from gvr.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def split_videos(paths: list[str], fraction: float, min_holdout: int) -> tuple[l
     if len(holdout) < min_holdout and len(paths) > min_holdout:
         ranked = sorted(paths, key=lambda p: hashlib.sha256(p.encode()).hexdigest())
         holdout = ranked[:min_holdout]
-    train = [p for p in paths if p not in set(holdout)]
+    held = set(holdout)
+    train = [p for p in paths if p not in held]
     return train, holdout
 
 
@@ -78,11 +80,6 @@ def resize_video(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-def to_model(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (1, 3, T, H, W) in [-1, 1]."""
-    x = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-    return x.unsqueeze(0)
-
 
 @dataclass(frozen=True)
 class PairJob:
@@ -96,29 +93,40 @@ class PairJob:
     keep_pixels: bool
 
 
-def shard_name(video: str, set_name: str, pair_set: PairSetParams, params: Params) -> str:
-    """Content-addressed shard file name: changes whenever the inputs that shape it change."""
-    d = params.degrade
-    key = repr((video, set_name, pair_set, d.hr_size, d.lr_size, d.latent_dtype, d.second_order, d.flow,
-                d.model_guided_alpha, d.model_guided_steps, params.base, params.codec, params.text,
-                params.compute.seed))
+def shard_name(video: str, version: str, set_name: str, pair_set: PairSetParams, params: Params) -> str:
+    """Content-addressed shard file name: changes whenever something that shapes the shard changes.
+
+    `version` identifies the video's bytes (size + mtime/ETag), so a replaced video is re-encoded;
+    settings that only affect speed (devices, batch sizes, caches) are left out.
+    """
+    d, c, t = params.degrade, params.codec, params.text
+    key = repr((video, version, set_name, pair_set, d.hr_size, d.lr_size, d.latent_dtype, d.second_order, d.flow,
+                d.model_guided_alpha, d.model_guided_steps, params.base, (c.kind, c.path, c.channels, c.tiling,
+                c.tile_size, c.tile_overlap), (t.kind, t.path, t.dim, t.max_length), params.compute.seed,
+                params.compute.dtype))
     return f"shards/{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
 
 
 @functools.lru_cache(maxsize=2)
-def _encoders(params_json: str):
-    """Codec, text encoder (and base model for model-guided pairs) of this worker process, loaded once."""
+def _text_encoder(params_json: str):
+    """The params, device, dtype and text encoder of this process, loaded once."""
     from gvr.config import params_from_json
     from gvr.models.text import text_encoder_from_params
-    from gvr.models.vae import codec_from_params
     from gvr.runtime import pick_device, torch_dtype
 
     params = params_from_json(params_json)
     device = pick_device(params.compute.device)
     dtype = torch_dtype(params.compute.dtype, device)
-    codec = codec_from_params(params.codec, device=device, dtype=dtype)
-    text = text_encoder_from_params(params.text, device=device, dtype=dtype)
-    return params, device, dtype, codec, text
+    return params, device, dtype, text_encoder_from_params(params.text, device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=2)
+def _encoders(params_json: str):
+    """Codec and text encoder of this worker process, loaded once."""
+    from gvr.models.vae import codec_from_params
+
+    params, device, dtype, text = _text_encoder(params_json)
+    return params, device, dtype, codec_from_params(params.codec, device=device, dtype=dtype), text
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,14 +140,9 @@ def _base_model(kind: str, path: str | None, device: str, dtype: str, channels: 
 
 
 def _caption(video: str, params: Params) -> str:
-    if params.degrade.captions == "none":
-        return ""
-    from gvr.io.storage import exists, read_text
+    from gvr.io.storage import read_sidecar
 
-    stem = video.rsplit(".", 1)[0]
-    path = f"{stem}.txt"
-    return read_text(path, params.storage).strip() if exists(path, params.storage) else ""
-
+    return "" if params.degrade.captions == "none" else read_sidecar(video, params.storage) or ""
 
 def _lr_latent(hr: np.ndarray, method: str, params: Params, rng: np.random.Generator,
                codec, device, dtype, text_emb, text_mask) -> tuple[torch.Tensor, np.ndarray]:
@@ -155,7 +158,7 @@ def _lr_latent(hr: np.ndarray, method: str, params: Params, rng: np.random.Gener
         lr = degrade_video(resize_video(hr, lr_size), rng, params.degrade.flow)
     else:  # resize, and the pixel start of model_guided
         lr = resize_video(hr, lr_size)
-    c0 = codec.encode(to_model(lr).to(device, dtype))
+    c0 = codec.encode(to_tensor(lr).to(device, dtype))
     if method == "model_guided":
         from gvr.degrade.model_guided import degrade_latent
 
@@ -174,11 +177,12 @@ def _lr_latent(hr: np.ndarray, method: str, params: Params, rng: np.random.Gener
 def build_shard(job: PairJob, params_json: str) -> dict[str, Any]:
     """Worker: all clips of one video for one set -> one shard file. Returns its index entry."""
     from gvr.data.shards import save_tensors
+    from gvr.io.storage import write_json
     from gvr.io.video import probe, read_frames
 
     params, device, dtype, codec, text_enc = _encoders(params_json)
     ps = job.pair_set
-    info = probe(job.video)
+    info = probe(job.video, params.storage)
     starts = clip_starts(info.frames, ps.frames, ps.clips_per_video)
     if not starts:
         raise InputError(f"{job.video}: {info.frames} frames, fewer than the {ps.frames} a clip of set "
@@ -191,13 +195,13 @@ def build_shard(job: PairJob, params_json: str) -> dict[str, Any]:
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("z0", "c0", "text", "text_mask", "hr_video", "lr_video")}
     methods = []
     for i, start in enumerate(starts):
-        frames = read_frames(job.video, list(range(start, start + ps.frames)))
+        frames = read_frames(job.video, list(range(start, start + ps.frames)), storage=params.storage)
         hr = fit_to_size(frames, tuple(params.degrade.hr_size))
         method = ps.methods[(seed + i) % len(ps.methods)]
-        z0 = codec.encode(to_model(hr).to(device, dtype))
+        z0 = codec.encode(to_tensor(hr).to(device, dtype))
         c0, lr = _lr_latent(hr, method, params, rng, codec, device, dtype, emb, mask)
         if lr is None:
-            lr = _to_uint8(codec.decode(c0))
+            lr = to_frames(codec.decode(c0))
         for name, value in (("z0", z0[0]), ("c0", c0[0]), ("text", emb[0]), ("text_mask", mask[0])):
             out[name].append(value)
         if job.keep_pixels:
@@ -215,15 +219,18 @@ def build_shard(job: PairJob, params_json: str) -> dict[str, Any]:
     save_tensors(join(job.set_dir, job.shard), tensors, params.storage,
                  metadata={"source": job.video, "set": job.set_name, "methods": ",".join(methods),
                            "starts": ",".join(map(str, starts[:len(methods)]))})
-    return {"file": job.shard, "count": len(methods), "source": job.video, "methods": methods,
-            "caption": caption, "z0_shape": list(tensors["z0"].shape[1:]),
-            "c0_shape": list(tensors["c0"].shape[1:]), "text_shape": list(tensors["text"].shape[1:])}
+    entry = {"file": job.shard, "count": len(methods), "source": job.video, "methods": methods,
+             "caption": caption, "z0_shape": list(tensors["z0"].shape[1:]),
+             "c0_shape": list(tensors["c0"].shape[1:]), "text_shape": list(tensors["text"].shape[1:])}
+    # Written after the shard: its presence marks the shard complete, and resume reads only these.
+    write_json(join(job.set_dir, _entry_file(job.shard)), entry, params.storage)
+    return entry
 
 
-def _to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(1, 3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
-    x = video[0].float().clamp(-1, 1).add(1).mul(127.5).round().byte()
-    return x.permute(1, 2, 3, 0).cpu().numpy()
+def _entry_file(shard: str) -> str:
+    return shard.rsplit(".", 1)[0] + ".json"
+
+
 
 
 def make_pairs(params: Params, sets: list[str] | None = None, *, progress: bool = True) -> dict[str, dict]:
@@ -233,7 +240,7 @@ def make_pairs(params: Params, sets: list[str] | None = None, *, progress: bool 
     from gvr.config import params_to_json
     from gvr.data.parallel import parallel_map
     from gvr.data.shards import write_index, write_null_text
-    from gvr.io.storage import exists, local_copy
+    from gvr.io.storage import exists, local_copy, scan
 
     layout = Layout.of(params)
     if not exists(layout.manifest, params.storage):
@@ -249,44 +256,76 @@ def make_pairs(params: Params, sets: list[str] | None = None, *, progress: bool 
     if unknown:
         raise InputError(f"degrade --sets: unknown set(s) {unknown}; defined: {list(params.degrade.sets)}")
 
+    if any("model_guided" in params.degrade.sets[n].methods for n in names) and not params.base.path:
+        raise InputError("degrade: model_guided pairs need base.path (a local base T2V transformer); "
+                         "set it or drop model_guided from degrade.sets.*.methods")
+    versions = {s.path: f"{s.size}:{s.version}" for s in scan(params.curate.input, params.storage)}
     params_json = params_to_json(params)
-    _, _, _, _, text_enc = _encoders(params_json)
+    *_, text_enc = _text_encoder(params_json)  # the codec loads in the workers only
     null_emb, null_mask = text_enc.null(1)
-    indexes = {}
+    gpus = 1 if params.compute.device != "cpu" and torch.cuda.is_available() else 0
+    indexes, empty = {}, []
     for name in names:
         ps = params.degrade.sets[name]
         set_dir = layout.pairs(name)
         videos = holdout if ps.split == "holdout" else train
-        jobs = [PairJob(v, name, set_dir, shard_name(v, name, ps, params), ps, ps.split == "holdout")
-                for v in videos]
-        done = {j.shard for j in jobs if exists(join(set_dir, j.shard), params.storage)}
+        jobs = [PairJob(v, name, set_dir, shard_name(v, versions.get(v, ""), name, ps, params), ps,
+                        ps.split == "holdout") for v in videos]
+        done = _finished(set_dir, params)
         todo = [j for j in jobs if j.shard not in done]
-        log.info("degrade %s: %d videos (%d already done)", name, len(jobs), len(done))
+        log.info("degrade %s: %d videos (%d already done)", name, len(jobs), len(jobs) - len(todo))
         results = parallel_map(functools.partial(build_shard, params_json=params_json), todo,
-                               compute=params.compute, desc=f"degrade {name}",
-                               num_gpus=1 if params.compute.device != "cpu" and torch.cuda.is_available() else 0)
-        entries, failed = _collect(jobs, todo, results, set_dir, params)
+                               compute=params.compute, desc=f"degrade {name}", num_gpus=gpus)
+        entries, failed = _collect(jobs, done, results, todo)
         index = _index(name, ps, params, entries, failed)
         write_null_text(set_dir, null_emb[0].to(getattr(torch, params.degrade.latent_dtype)), null_mask[0],
                         params.storage)
         write_index(set_dir, index, params.storage)
+        _prune(set_dir, {e["file"] for e in entries}, params)
         indexes[name] = index
+        if not entries:
+            first = failed[0]["reason"] if failed else f"no {ps.split} videos"
+            empty.append(f"{name} ({first})")
+    if empty:
+        raise InputError(f"degrade: no pairs in set(s) {'; '.join(empty)}")
     return indexes
 
 
-def _collect(jobs, todo, results, set_dir, params):
-    """Index entries for finished shards (new and from earlier runs) and reasons for failures."""
-    from gvr.data.shards import load_tensors
+def _prune(set_dir: str, keep: set[str], params: Params) -> None:
+    """Delete shards (and their entries) of this set that the new index no longer lists."""
+    from gvr.io.storage import exists, rm, scan
 
+    shards = join(set_dir, "shards")
+    if not exists(shards, params.storage):
+        return
+    keep_paths = {join(set_dir, f) for f in keep} | {join(set_dir, _entry_file(f)) for f in keep}
+    for stat in scan(shards, params.storage):
+        if stat.path not in keep_paths:
+            rm(stat.path, params.storage)
+
+
+def _finished(set_dir: str, params: Params) -> dict[str, dict]:
+    """Index entries of the shards finished by earlier runs, by shard file (one listing, small reads)."""
+    from gvr.io.storage import exists, read_json, scan
+
+    shards = join(set_dir, "shards")
+    if not exists(shards, params.storage):
+        return {}
+    out = {}
+    for stat in scan(shards, params.storage, extensions=[".json"]):
+        entry = read_json(stat.path, params.storage)
+        out[entry["file"]] = entry
+    return out
+
+
+def _collect(jobs, done: dict[str, dict], results, todo):
+    """Index entries of this set's shards (new and from earlier runs) and reasons for failures."""
     by_shard = {j.shard: r for j, r in zip(todo, results)}
     entries, failed = [], []
     for job in jobs:
         r = by_shard.get(job.shard)
-        if r is None:  # done by an earlier run: rebuild its entry from the file itself
-            t = load_tensors(join(set_dir, job.shard), params.storage, keys=("z0", "c0", "text"))
-            entries.append({"file": job.shard, "count": t["z0"].shape[0], "source": job.video,
-                            "z0_shape": list(t["z0"].shape[1:]), "c0_shape": list(t["c0"].shape[1:]),
-                            "text_shape": list(t["text"].shape[1:])})
+        if r is None:
+            entries.append(done[job.shard])
         elif r.ok:
             entries.append(r.value)
         else:

@@ -21,6 +21,7 @@ import torch
 from gvr.config import Params
 from gvr.errors import InputError
 from gvr.io.storage import join
+from gvr.io.video import to_frames
 from gvr.layout import EVAL_SET, Layout
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ def bilinear_baseline(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return y.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
-    x = video.float().clamp(-1, 1).add(1).mul(127.5).round().byte()
-    return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
 def eval_set(params: Params) -> str:
@@ -44,24 +41,6 @@ def eval_set(params: Params) -> str:
     if not holdout:
         raise InputError("degrade.sets has no `split: holdout` set to evaluate on")
     return EVAL_SET if EVAL_SET in holdout else holdout[0]
-
-
-def iter_clips(params: Params, set_name: str):
-    """(clip id, tensors) for each held-out clip, up to `evaluate.max_clips`."""
-    from gvr.data.shards import load_tensors, read_index
-
-    set_dir = Layout.of(params).pairs(set_name)
-    index = read_index(set_dir, params.storage)
-    n = 0
-    for shard in index["shards"]:
-        t = load_tensors(join(set_dir, shard["file"]), params.storage)
-        if "hr_video" not in t:
-            raise InputError(f"{shard['file']}: held-out shard without reference pixels")
-        for row in range(shard["count"]):
-            if n >= params.evaluate.max_clips:
-                return
-            yield f"{shard['source'].rsplit('/', 1)[-1]}#{row}", {k: v[row] for k, v in t.items()}
-            n += 1
 
 
 def evaluate_model(params: Params, model_dir: str, out_dir: str) -> dict[str, float]:
@@ -82,7 +61,14 @@ def evaluate_model(params: Params, model_dir: str, out_dir: str) -> dict[str, fl
     rows, samples = [], []
     from tqdm.auto import tqdm
 
-    for clip_id, t in tqdm(list(iter_clips(params, eval_set(params))), desc="evaluate", unit="clip"):
+    from gvr.data.shards import count_pairs, iter_pairs
+
+    set_dir = Layout.of(params).pairs(eval_set(params))
+    total = min(count_pairs(set_dir, params.storage), ep.max_clips)
+    for clip_id, t in tqdm(iter_pairs(set_dir, params.storage, limit=ep.max_clips), total=total, desc="evaluate",
+                           unit="clip"):
+        if "hr_video" not in t:
+            raise InputError(f"{set_dir}: held-out pairs without reference pixels (set split: holdout)")
         hr, lr = t["hr_video"].numpy(), t["lr_video"].numpy()
         size = hr.shape[1:3]
         c0 = t["c0"].float().unsqueeze(0).to(device)
@@ -95,13 +81,13 @@ def evaluate_model(params: Params, model_dir: str, out_dir: str) -> dict[str, fl
         _sync(device)
         sample_s = time.perf_counter() - start
         start = time.perf_counter()
-        out = to_uint8(pipe.codec.decode(z.to(pipe.codec.device, pipe.codec.dtype), frames=len(hr))[0])
+        out = to_frames(pipe.codec.decode(z.to(pipe.codec.device, pipe.codec.dtype), frames=len(hr))[0])
         _sync(device)
         decode_s = time.perf_counter() - start
 
         # 2. references: codec ceiling and baselines
         z0 = t["z0"].unsqueeze(0).to(pipe.codec.device, pipe.codec.dtype)
-        ceiling = to_uint8(pipe.codec.decode(z0, frames=len(hr))[0])
+        ceiling = to_frames(pipe.codec.decode(z0, frames=len(hr))[0])
         row = {"clip": clip_id, "sample_s": sample_s, "decode_s": decode_s}
         row.update(compute(names, out, hr, iqa=iqa))
         row.update({f"codec_{k}": v for k, v in compute([n for n in names if n in ("psnr", "ssim")],
@@ -163,15 +149,14 @@ def _plot(table, out_dir: str, params: Params) -> None:
 
     from gvr.io.storage import atomic_local
 
-    if "psnr" not in table:
-        return
     fig, ax = plt.subplots(figsize=(max(4, len(table) * 0.5 + 2), 3))
     x = np.arange(len(table))
-    cols = [c for c in ("psnr", "bilinear_psnr", "codec_psnr") if c in table]
+    metric = "psnr" if "psnr" in table else next(c for c in table.columns if c not in ("clip", "sample_s", "decode_s"))
+    cols = [c for c in (metric, f"bilinear_{metric}", f"codec_{metric}") if c in table]
     for i, c in enumerate(cols):
         ax.bar(x + (i - (len(cols) - 1) / 2) * 0.25, table[c], width=0.25, label=c)
     ax.set_xticks(x, table["clip"], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("PSNR (dB)")
+    ax.set_ylabel("PSNR (dB)" if metric == "psnr" else metric)
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_local(join(out_dir, "psnr_per_clip.png"), params.storage) as tmp:

@@ -254,6 +254,12 @@ def read_json(path: PathLike, storage: StorageParams | None = None) -> Any:
         raise StorageError(f"{path}: not valid JSON ({e})") from None
 
 
+def read_sidecar(path: PathLike, storage: StorageParams | None = None, suffix: str = ".txt") -> str | None:
+    """The text of the file next to `path` with its extension replaced by `suffix` (a caption), or None."""
+    sidecar = os.fspath(path).rsplit(".", 1)[0] + suffix
+    return read_text(sidecar, storage).strip() if exists(sidecar, storage) else None
+
+
 def open_read(path: PathLike, storage: StorageParams | None = None):
     """A seekable binary file object for streaming reads (ranged GETs on S3)."""
     with _errors(path, storage):
@@ -448,20 +454,23 @@ def write_json(path: PathLike, obj: Any, storage: StorageParams | None = None) -
 
 
 def put_dir(local_dir: PathLike, dest: PathLike, storage: StorageParams | None = None) -> None:
-    """Copy a local folder (recursively) to a folder or prefix; each file lands atomically."""
+    """Copy a local folder (recursively) to a folder or prefix; each file lands atomically.
+
+    JSON files go last: a reader that starts from a folder's config.json / index.json never finds
+    one that describes files not uploaded yet.
+    """
     src_root = _local(local_dir)
     if not os.path.isdir(src_root):
         raise StorageError(f"{local_dir}: not a folder")
-    for dirpath, _, filenames in os.walk(src_root):
-        for name in sorted(filenames):
-            src = os.path.join(dirpath, name)
-            target = join(dest, os.path.relpath(src, src_root).replace(os.sep, "/"))
-            if is_remote(dest):
-                with _errors(target, storage):
-                    s3_filesystem(storage).put_file(src, target)
-            else:
-                with atomic_local(target) as tmp:
-                    shutil.copyfile(src, tmp)
+    files = [os.path.join(d, n) for d, _, names in os.walk(src_root) for n in names]
+    for src in sorted(files, key=lambda f: (f.endswith(".json"), f)):
+        target = join(dest, os.path.relpath(src, src_root).replace(os.sep, "/"))
+        if is_remote(dest):
+            with _errors(target, storage):
+                s3_filesystem(storage).put_file(src, target)
+        else:
+            with atomic_local(target) as tmp:
+                shutil.copyfile(src, tmp)
 
 
 def rm(path: PathLike, storage: StorageParams | None = None, *, recursive: bool = False) -> None:

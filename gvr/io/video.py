@@ -380,3 +380,21 @@ def _check_frame(path: str, frame: np.ndarray, i: int) -> np.ndarray:
             raise InputError(f"{path}: pass frames as (T, H, W, 3) uint8 or an iterable of (H, W, 3)")
         raise InputError(f"{path}: frame {i} must be uint8 (H, W, 3) RGB, got {frame.dtype} {frame.shape}")
     return frame
+
+
+# ---------------------------------------------------------------------------------- tensors
+
+
+def to_tensor(frames: np.ndarray):
+    """uint8 (T, H, W, 3) RGB frames -> float tensor (1, 3, T, H, W) in [-1, 1] (the codecs' input)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)[None]
+
+
+def to_frames(video) -> np.ndarray:
+    """A video tensor (3, T, H, W) or (1, 3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3) RGB frames."""
+    if video.ndim == 5:
+        video = video[0]
+    x = video.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte()
+    return x.permute(1, 2, 3, 0).cpu().numpy()

@@ -191,9 +191,8 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
     gen = torch.Generator(device=device).manual_seed(tp.seed * 1000 + rank + engine.global_steps)
     batches = _cycle(loader, sampler)
     with tracking.stage_run(params, f"train-{stage}") as run:
-        if rank == 0:
-            tracking.log_params({"train.stage": stage, "train.world_size": world,
-                                 "train.pairs": len(dataset), "train.fingerprint": fp})
+        tracking.log_params({"train.stage": stage, "train.world_size": world, "train.pairs": len(dataset),
+                             "train.fingerprint": fp})  # tracking calls are no-ops off rank 0
         progress = _progress(rank, stage, sp.iterations, engine.global_steps)
         window, t0, samples, last = [], time.perf_counter(), 0, {}
         while engine.global_steps < sp.iterations:
@@ -222,9 +221,8 @@ def run_stage(params: Params, stage: str, *, resume: bool = True) -> str:
                 if device.type == "cuda":
                     metrics["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if rank == 0:
-                    tracking.log_metrics(metrics, step=step)
-                    log.debug("%s step %d: %s", stage, step, metrics)
+                tracking.log_metrics(metrics, step=step)
+                log.debug("%s step %d: %s", stage, step, metrics)
                 last = metrics
                 window, t0, samples = [], time.perf_counter(), 0
             if step % tp.checkpoint_every == 0 and step < sp.iterations:
