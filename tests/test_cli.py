@@ -92,8 +92,8 @@ def test_corrupt_videos_are_recorded_and_curation_goes_on(tmp_path, synthetic_vi
 
 def test_upscale_records_bad_inputs_and_goes_on(tmp_path, tiny_model_dir):
     inputs = tmp_path / "in"
-    inputs.mkdir()
-    save_file({"latent": torch.randn(16, 2, 4, 6)}, inputs / "ok.safetensors")
+    (inputs / "sub").mkdir(parents=True)
+    save_file({"latent": torch.randn(16, 2, 4, 6)}, inputs / "sub" / "ok.safetensors")
     save_file({"latent": torch.full((16, 2, 4, 6), float("nan"))}, inputs / "nan.safetensors")
     save_file({"latent": torch.randn(8, 2, 4, 6)}, inputs / "channels.safetensors")
     save_file({"other": torch.randn(16, 2, 4, 6)}, inputs / "unnamed.safetensors")
@@ -102,12 +102,23 @@ def test_upscale_records_bad_inputs_and_goes_on(tmp_path, tiny_model_dir):
               "--params", str(ROOT / "params.yaml"), "--profile", "tiny", "--set", "upscale.steps=2", cwd=tmp_path,
               env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["failures.json", "ok.mp4"]
+    out = tmp_path / "out"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["failures.json", "sub/ok.mp4"]
     import json
 
-    failures = {Path(f["input"]).stem: f["reason"] for f in json.loads((tmp_path / "out" / "failures.json").read_text())}
+    failures = {Path(f["input"]).stem: f["reason"] for f in json.loads((out / "failures.json").read_text())}
     assert set(failures) == {"nan", "channels", "unnamed", "corrupt"}
     assert "NaN" in failures["nan"] and "16" in failures["channels"] and "latent" in failures["unnamed"]
+
+    # a rerun without the bad inputs: the done output is kept, the stale failure list goes
+    for name in failures:
+        (inputs / f"{name}.safetensors").unlink()
+    done = (out / "sub" / "ok.mp4").stat().st_mtime_ns
+    res = gvr("upscale", "--model", str(tiny_model_dir), "--input", str(inputs), "--output", str(out),
+              "--params", str(ROOT / "params.yaml"), "--profile", "tiny", cwd=tmp_path,
+              env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    assert res.returncode == 0 and not (out / "failures.json").exists()
+    assert (out / "sub" / "ok.mp4").stat().st_mtime_ns == done
 
 
 def test_upscale_with_missing_model_is_one_line(tmp_path):
