@@ -99,3 +99,31 @@ def test_nan_latents_stop_training_with_one_clear_error(params, tmp_path):
     save_file(t, set_dir)
     with pytest.raises(InputError, match="NaN"):
         run_stage(params("train.global_batch=4", "train.micro_batch=4"), "stage1")
+
+
+def test_two_ranks_train_resume_and_agree(tmp_path):
+    """torchrun with 2 CPU ranks (gloo): rank 0 decides on resume for both, exports once."""
+    import os
+    import subprocess
+    import sys
+
+    from gvr.runtime import free_port
+
+    make_pairs(tmp_path / "data", "stage1", n=8)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "gvr.cli", "train",
+           "--stage", "stage1", "--params", str(ROOT / "params.yaml"), "--profile", "tiny", "--set", "storage.root=data",
+           "--set", "train.stages.stage1.iterations=4", "--set", "train.checkpoint_every=2",
+           "--set", "train.global_batch=4"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db", "OMP_NUM_THREADS": "1"}
+
+    def run(*extra):
+        res = subprocess.run(cmd + list(extra), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res.stdout + res.stderr
+
+    run()
+    model = tmp_path / "data/models/stage1/model.safetensors"
+    first = model.read_bytes()
+    assert "resumed at step 4" in run() and model.read_bytes() == first  # both ranks resumed, nothing trained
+    assert "discarding checkpoints" in run("--set", "train.lr=0.01") and model.read_bytes() != first
