@@ -55,7 +55,9 @@ def launcher_command(params: Params, stage: str, params_file: Path, resume: bool
                           "(pip install 'gvr[train]')")
     # The `deepspeed` console script is this module; calling it through this interpreter avoids
     # depending on PATH (a venv that is not activated).
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(launcher.master_port)]
+    # --no_local_rank: ranks read LOCAL_RANK from the environment instead of an extra CLI argument.
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--no_local_rank", "--master_port",
+           str(launcher.master_port)]
     if launcher.num_nodes > 1:  # DeepSpeed sizes the world from the hostfile in both modes
         if not launcher.hostfile or not Path(launcher.hostfile).is_file():
             raise ConfigError(f"train.launcher.hostfile: {launcher.hostfile!r} not found (needed for "
