@@ -692,11 +692,16 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def params_to_json(params: Params) -> str:
-    """Resolved params as JSON, loadable with `params_from_json` (profile already applied, so dropped)."""
+def resolved_dict(params: Params) -> dict[str, Any]:
+    """Params as plain data with the profile already applied: no `profile`, no `profiles` to re-apply."""
     data = params.to_dict()
     data["profile"], data["profiles"] = None, {}
-    return json.dumps(data)
+    return data
+
+
+def params_to_json(params: Params) -> str:
+    """Resolved params as JSON, loadable with `params_from_json`."""
+    return json.dumps(resolved_dict(params))
 
 
 def params_from_json(text: str) -> Params:

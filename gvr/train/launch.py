@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from gvr.config import Params
+from gvr.config import Params, resolved_dict
 from gvr.errors import ConfigError, GVRError
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def needs_launcher(params: Params) -> bool:
 
 def write_resolved_params(params: Params, stage: str) -> Path:
     """Params with profile and overrides already applied, for the launched ranks to load as-is."""
-    data = params.to_dict()
-    data["profile"], data["profiles"] = None, {}
+    data = resolved_dict(params)
     # One file per node: under Kubernetes every node runs this on the same shared workspace.
     path = Path(".gvr") / f"params-{stage}-node{params.train.launcher.node_rank}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
