@@ -14,6 +14,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from gvr.config import load_params
 from gvr.errors import GVRError
@@ -47,7 +48,8 @@ def run_demo(workspace: str = "runs/demo", *, runner: str = "prefect", params_ov
     metrics = json.loads((ws / layout.metrics).read_text())
     registry = json.loads((ws / layout.registry).read_text())
     print(json.dumps({"metrics": metrics, "registry": registry}, indent=2))
-    print(f"MLflow UI: mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
-    print(f"upscale:   cd {ws} && gvr upscale --model models:/gvr@champion --input <dir> --output <dir>")
+    bindir = Path(sys.executable).parent  # the commands of this installation, venv activated or not
+    print(f"MLflow UI: {bindir / 'mlflow'} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}")
+    print(f"upscale:   cd {ws} && {bindir / 'gvr'} upscale --model models:/gvr@champion --input <dir> --output <dir>")
     return metrics
 
