@@ -178,25 +178,13 @@ class CrossAttention(nn.Module):
         return self.out(rearrange(o, "b n l d -> b l (n d)"))
 
 
-class FeedForward(nn.Module):
-    """Two linears with tanh-GELU between."""
+class MLP(nn.Module):
+    """Linear, tanh-GELU, linear: the block FFN, and the T5 -> model-width text embedder (as in Wan)."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, d_in: int, hidden: int, d_out: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
-class TextProjection(nn.Module):
-    """T5 embeddings -> model width: linear, tanh-GELU, linear (Wan's text embedder)."""
-
-    def __init__(self, text_dim: int, dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(text_dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
@@ -247,7 +235,7 @@ class GVRBlock(nn.Module):
         self.attn3d = SelfAttention(d, cfg.heads, cfg.eps)
         self.cross_norm = FP32LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
         self.cross = CrossAttention(d, cfg.heads, cfg.eps)
-        self.ffn = FeedForward(d, cfg.ffn_dim)
+        self.ffn = MLP(d, cfg.ffn_dim, d)
         self.attn_kind, self.attn_opts = "full", {}
 
     def _norm_mod(self, x: torch.Tensor, m: Modulation) -> torch.Tensor:
@@ -316,7 +304,7 @@ class SimpleGVR(nn.Module):
         self.time_embed = TimestepMLP(cfg.freq_dim, d)
         self.noise_level_embed = TimestepMLP(cfg.freq_dim, d)  # LR noise-augmentation level t_c
         self.time_proj = nn.Linear(d, self.n_mod * d)
-        self.text_embed = TextProjection(cfg.text_dim, d)
+        self.text_embed = MLP(cfg.text_dim, d, d)
         self.blocks = nn.ModuleList(GVRBlock(cfg) for _ in range(cfg.depth))
         self.head_norm = FP32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.head_modulation = nn.Parameter(torch.zeros(1, 2, d))

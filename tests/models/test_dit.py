@@ -19,6 +19,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = PRESETS["gvr-tiny"]
 
 
+def fit(m, z0, c0, text, *, steps: int, seed: int, reseed: bool) -> list[float]:
+    """AdamW steps of the flow-matching loss; `reseed` draws the same t and noise every step."""
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        if reseed:
+            gen.manual_seed(seed)
+        loss, _ = training_loss(m, z0, c0, text, None, null_text=torch.zeros(1, 1, TINY.text_dim),
+                                null_mask=None, t_sampler=UniformSampler(), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def randomize_(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
     """Give every parameter random values, so zero-initialised paths (gates, head) carry signal."""
     g = torch.Generator().manual_seed(1)
@@ -211,17 +228,7 @@ def test_tiny_model_overfits_one_training_example():
     m = build_model(TINY)
     z0, c0 = torch.randn(1, 16, 2, 4, 4), torch.randn(1, 16, 2, 2, 2)
     text = torch.randn(1, 3, TINY.text_dim)
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    gen = torch.Generator()
-    losses = []
-    for _ in range(60):
-        gen.manual_seed(0)
-        loss, _ = training_loss(m, z0, c0, text, None, null_text=torch.zeros(1, 1, TINY.text_dim),
-                                null_mask=None, t_sampler=UniformSampler(), generator=gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(m, z0, c0, text, steps=60, seed=0, reseed=True)
     assert losses[-1] < losses[0] / 10, losses[::10]
 
 
@@ -235,16 +242,7 @@ def test_tiny_model_overfits_one_pair_under_random_noise():
     m = build_model(TINY)
     z0, c0 = torch.randn(1, 16, 2, 4, 4).expand(8, -1, -1, -1, -1), torch.randn(1, 16, 2, 2, 2).expand(8, -1, -1, -1, -1)
     text = torch.randn(1, 3, TINY.text_dim).expand(8, -1, -1)
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(400):
-        loss, _ = training_loss(m, z0, c0, text, None, null_text=torch.zeros(1, 1, TINY.text_dim),
-                                null_mask=None, t_sampler=UniformSampler(), generator=gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(m, z0, c0, text, steps=400, seed=0, reseed=False)
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 / 5
 
 
