@@ -12,6 +12,10 @@ import torch
 pytest_plugins = ["fixtures.s3", "fixtures.videos", "fixtures.iqa", "fixtures.models", "fixtures.services"]
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Without a GPU, Triton kernels (gvr.models.attention_triton) run under Triton's interpreter; it is
+# chosen when triton is first imported, so it is set here, before any test imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # Tests run as `.venv/bin/python -m pytest` without an activated venv: put this interpreter's
 # console scripts (gvr, dvc, prefect, mlflow, moto_server) first on PATH for every child process.
 _BIN = str(Path(sys.executable).parent)

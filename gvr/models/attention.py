@@ -6,7 +6,10 @@ the boolean (query, key) mask that its `*_mask` builder returns; `masked_attenti
 is the reference path. The other paths compute the same function faster:
 
 - "sdpa": `F.scaled_dot_product_attention` on token tiles (any device; the CPU path),
-- "flex": block-sparse FlexAttention, compiled once per shape (CUDA; windows and sparse local),
+- "triton": hand-written Triton kernels for sparse local attention that read q, k, v in place
+  (`attention_triton`; CUDA, the default there),
+- "flex": block-sparse FlexAttention, compiled once per shape (CUDA; windows, and sparse local units
+  the Triton kernels cannot hold),
 - "flash": flash-attn's varlen kernels, only when the optional `flash_attn` package imports.
 
 `attention(q, k, v, grid, kind, ...)` is the entry point the DiT calls; it picks the fastest path
@@ -38,7 +41,7 @@ from gvr.errors import ConfigError, InputError
 Grid = tuple[int, int, int]
 
 KINDS = ("full", "temporal_unit", "window", "sparse_local")
-BACKENDS = ("auto", "reference", "sdpa", "flex", "flash")
+BACKENDS = ("auto", "reference", "sdpa", "triton", "flex", "flash")
 DEFAULT_WINDOW = (1, 8, 8)  # Swin window (wt, wh, ww) in tokens
 DEFAULT_UNIT_WINDOW = (9, 12)  # sparse local unit (wh, ww): the paper's "12x9" block
 
@@ -47,8 +50,9 @@ _SUPPORTED = {
     "full": {"reference", "sdpa", "flash"},
     "temporal_unit": {"reference", "sdpa", "flash"},
     "window": {"reference", "sdpa", "flex", "flash"},
-    "sparse_local": {"reference", "sdpa", "flex"},
+    "sparse_local": {"reference", "sdpa", "triton", "flex"},
 }
+TRITON_MAX_UNIT = 256  # tokens of one sparse-local unit the Triton kernels hold in one tile
 _backend = "auto"  # changed only through set_backend / use_backend
 
 
@@ -86,16 +90,21 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def _choose(kind: str, q: Tensor) -> str:
-    """The backend that computes `kind` for these inputs: the forced one if it can, else the fastest."""
+def _choose(kind: str, q: Tensor, tile_tokens: int = 0) -> str:
+    """The backend that computes `kind` for these inputs: the forced one if it can, else the fastest.
+
+    `tile_tokens` is the size of one sparse-local unit (the Triton kernels hold one unit per tile).
+    """
     if _backend != "auto" and _backend in _SUPPORTED[kind]:
         return _backend
     if not q.is_cuda:
         return "sdpa"
-    from gvr.models.attention_kernels import flash_usable, flex_usable
+    from gvr.models.attention_kernels import flash_usable, flex_usable, triton_usable
 
     if kind == "window" and flash_usable(q):
         return "flash"  # packs windows without padding
+    if kind == "sparse_local" and triton_usable(q) and tile_tokens <= TRITON_MAX_UNIT:
+        return "triton"  # reads tokens in place: no tiling pass, no padding, no mask_mod
     if kind in ("window", "sparse_local") and flex_usable(q):
         return "flex"
     return "sdpa"  # full and temporal units: SDPA's own flash/cuDNN kernels on contiguous spans
@@ -413,9 +422,15 @@ def sparse_local_attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid,
     window = _check_sizes("window", window, 2)
     if topk < 0:
         raise ConfigError(f"attention topk must be >= 0, got {topk}")
-    backend = _choose("sparse_local", q)
+    backend = _choose("sparse_local", q, window[0] * window[1])
     if backend == "flex":
         return _sparse_local_flex(q, k, v, grid, window, topk)
+    if backend == "triton":
+        from gvr.models import attention_triton
+
+        with torch.no_grad():
+            units = attention_triton.select_units(q, k, grid, window, topk)
+        return attention_triton.sparse_local(q, k, v, grid, window, units)
     return _sparse_local_with_units(q, k, v, grid, window, select_units(q, k, grid, window, topk), backend)
 
 
@@ -443,6 +458,10 @@ def _sparse_local_with_units(q: Tensor, k: Tensor, v: Tensor, grid: Grid, window
         return masked_attention(q, k, v, sparse_local_mask(grid, window, units))
     if backend == "flex":
         return _sparse_local_flex(q, k, v, grid, window, units.shape[-1] - 1, units)
+    if backend == "triton":
+        from gvr.models import attention_triton
+
+        return attention_triton.sparse_local(q, k, v, grid, window, units)
     return _sparse_local_sdpa(q, k, v, tiling(grid, (1, *window), (False, False, False), q.device), units)
 
 

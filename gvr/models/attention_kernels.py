@@ -1,5 +1,8 @@
 """GPU fast paths for `gvr.models.attention`: block-sparse FlexAttention and optional flash-attn varlen.
 
+(Sparse local attention has its own Triton kernels in `attention_triton`; `triton_usable` here says
+whether they can run, without importing Triton.)
+
 FlexAttention works on the tiled layout of `attention.tiling`: every tile (window or sparse-local
 unit) is padded to a multiple of FLEX_BLOCK slots, so one tile is one or more whole kernel blocks and
 the block mask says exactly which key tiles each query tile reads. The `mask_mod` repeats the full
@@ -41,6 +44,15 @@ def _flex_installed() -> bool:
     except ImportError:
         return False
     return importlib.util.find_spec("triton") is not None
+
+
+def triton_usable(q: Tensor) -> bool:
+    """Whether `attention_triton`'s sparse local kernels can run: CUDA, fp16/bf16/fp32, head dim 16..128.
+
+    (Units of more than 256 tokens are refused there, with a clear error.)
+    """
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and 16 <= q.shape[-1] <= 128 and importlib.util.find_spec("triton") is not None)
 
 
 def flex_usable(q: Tensor) -> bool:

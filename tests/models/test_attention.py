@@ -280,7 +280,7 @@ def test_backend_selection_is_scoped_and_validated():
     assert A.get_backend() == "auto"
     assert torch.allclose(out, A.window_attention(q, k, v, grid, (1, 2, 4), True), atol=1e-10)
     with pytest.raises(ConfigError, match="backend"):
-        A.set_backend("triton")
+        A.set_backend("cuda-magic")
 
 
 @pytest.mark.skipif(K.flash_available(), reason="flash-attn is installed here")
@@ -418,7 +418,6 @@ def test_gpu_flex_sparse_local_forward_backward_bf16(window, topk, D):
     assert rel_err(fast(q, k, v), ref(q, k, v)) < 1e-2
     for g, r in zip(grads(fast, q, k, v), grads(ref, q, k, v)):
         assert rel_err(g, r) < 1e-2
-    assert A._choose("sparse_local", q) == "flex"
 
 
 @pytest.mark.gpu

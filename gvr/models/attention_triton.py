@@ -1,0 +1,402 @@
+"""Sparse local attention as hand-written Triton kernels that read q, k, v where they lie.
+
+The FlexAttention path (`attention_kernels`) first copies q, k, v into a tiled layout, pads every
+108-token unit to a 128-token kernel block and re-applies the unit rule per score through `mask_mod`.
+These kernels skip all three: a program owns one (query unit, batch, head); it computes the (t, h, w)
+positions of its unit's tokens from the grid, loads them straight from the raster-ordered tensors
+(any strides, head dim contiguous), and loops over the selected key units, loading each one the same
+way. Which slots hold a token follows from the geometry (edge units are truncated), so the only mask
+is a bounds check, and padding slots are never read from or written to memory.
+
+- `select_units`: the mean query and key of every unit in one pass over q and k, then one argmax
+  pass per chosen unit over float32 scores (the (G, G) score matrix is never written);
+- forward: online softmax over the selected units (flash-attention style), each key unit in blocks
+  of BLOCK_N slots, the next block's k and v loading while the current one computes; it saves the
+  rows' log-sum-exp for the backward;
+- backward: one kernel per query unit for dq (and the rows' `sum(o * do)`), one per key unit for dk
+  and dv, which loops over the query units that selected it (a CSR list built by one sort), so no
+  atomics and the result is deterministic.
+
+A row of `units` must start with the query unit itself and hold distinct units, as
+`attention.select_units` and `select_units` here make it. Triton is a dependency of torch's CUDA
+builds; on CPU the kernels run under Triton's interpreter (`TRITON_INTERPRET=1`, set before triton
+is imported), which is how the tests check them without a GPU. Launch settings: `Geometry.launch`;
+measurements: benchmarks/README.md, Attention.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from gvr.errors import ConfigError
+
+LOG2E = 1.4426950408889634
+
+
+class Geometry:
+    """Sizes the kernels need: the token grid, the unit window, the number of units and the tile widths."""
+
+    def __init__(self, grid: tuple[int, int, int], window: tuple[int, int], head_dim: int):
+        self.T, self.H, self.W = grid
+        self.WH, self.WW = window
+        self.GH, self.GW = math.ceil(self.H / self.WH), math.ceil(self.W / self.WW)
+        self.G = self.T * self.GH * self.GW
+        self.D = head_dim
+        self.BLOCK = max(16, 1 << (self.WH * self.WW - 1).bit_length())
+        self.BLOCK_D = max(16, 1 << (head_dim - 1).bit_length())
+
+    def sizes(self) -> tuple[int, int, int, int]:
+        """The runtime arguments (H, W, GH, GW) of every kernel."""
+        return self.H, self.W, self.GH, self.GW
+
+    def constants(self) -> dict:
+        """The compile-time arguments shared by every kernel."""
+        return {"WH": self.WH, "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D}
+
+    def launch(self, kernel: str) -> dict:
+        """Meta-parameters of the "forward" or "backward" kernels, as measured fastest on an H200
+        (benchmarks/attention_triton_tune.py): key blocks of BLOCK_N slots, warps, pipeline stages."""
+        if kernel == "forward":  # head dim 64: 1.57 ms at 4 warps vs 2.25 at 8; head dim 128: 1.66 at 8 vs 2.45 at 4
+            wide = self.BLOCK * self.BLOCK_D > 128 * 64
+            return {"BLOCK_M": self.BLOCK, "BLOCK_N": min(self.BLOCK, 64), "num_warps": 8 if wide else 4,
+                    "num_stages": 1}
+        if kernel == "means":  # 1 warp: 0.255 ms for q and k at 24x64 (3.9 TB/s), 4 warps 0.270, 8 warps 0.462
+            return {"num_warps": 1 if self.BLOCK * self.BLOCK_D <= 128 * 128 else 4}
+        return {"num_warps": 8, "num_stages": 1}  # 6.3 ms vs 8.3 at 4 warps; more stages only cost shared memory
+
+
+@triton.jit
+def unit_tokens(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr, START, SIZE: tl.constexpr):
+    """Raster index of slots START..START+SIZE of unit g, and whether each holds a token (edge units are cut)."""
+    per_frame = GH * GW
+    t = g // per_frame
+    r = g - t * per_frame
+    uh = r // GW
+    uw = r - uh * GW
+    i = START + tl.arange(0, SIZE)
+    hh = uh * WH + i // WW
+    ww = uw * WW + i % WW
+    valid = (i < WH * WW) & (hh < H) & (ww < W)
+    return ((t * H + hh) * W + ww).to(tl.int64), valid
+
+
+@triton.jit
+def tile_mask(valid, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Mask of a (tokens, BLOCK_D) tile: the token slots, and the head dim where it is not a power of two."""
+    if D == BLOCK_D:
+        mask = valid[:, None]
+    else:
+        mask = valid[:, None] & (tl.arange(0, BLOCK_D) < D)[None, :]
+    return mask
+
+
+@triton.jit
+def load_rows(X, tok, valid, stride_l, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(tokens, BLOCK_D) tile of the tokens `tok`; zeros where there is no token."""
+    ptrs = X + tok[:, None] * stride_l + tl.arange(0, BLOCK_D)[None, :]
+    return tl.load(ptrs, mask=tile_mask(valid, D, BLOCK_D), other=0.0)
+
+
+@triton.jit
+def store_rows(X, tok, valid, stride_l, value, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    ptrs = X + tok[:, None] * stride_l + tl.arange(0, BLOCK_D)[None, :]
+    tl.store(ptrs, value.to(X.dtype.element_ty), mask=tile_mask(valid, D, BLOCK_D))
+
+
+@triton.jit
+def forward(Q, K, V, Out, LSE, UNITS,
+            sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol,
+            n_heads, G, L, H, W, GH, GW, qk_scale,
+            N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, D: tl.constexpr,
+            BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """One program: BLOCK_M query slots of a unit. Key blocks are (selected unit, BLOCK_N slots of it); the
+    next block's k and v load while this one computes."""
+    g = tl.program_id(0) // (BLOCK // BLOCK_M)
+    part = tl.program_id(0) % (BLOCK // BLOCK_M)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // n_heads, bh % n_heads
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+    sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
+    tok_n, valid_n = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK_N)  # the first block: the own unit
+    k_n = load_rows(K, tok_n, valid_n, skl, D, BLOCK_D)
+    v_n = load_rows(V, tok_n, valid_n, svl, D, BLOCK_D)
+    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, part * BLOCK_M, BLOCK_M)
+    q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    denom = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for blk in range(N_SEL * SPLIT):
+        k, v, valid_k = k_n, v_n, valid_n
+        nxt = blk + 1
+        u = tl.sum(tl.where(tl.arange(0, SEL_P2) == nxt // SPLIT, sel, 0))
+        tok_n, valid_n = unit_tokens(u, H, W, GH, GW, WH, WW, (nxt % SPLIT) * BLOCK_N, BLOCK_N)
+        valid_n = valid_n & (tl.zeros([BLOCK_N], tl.int32) + nxt < N_SEL * SPLIT)  # past the last: load nothing
+        k_n = load_rows(K, tok_n, valid_n, skl, D, BLOCK_D)
+        v_n = load_rows(V, tok_n, valid_n, svl, D, BLOCK_D)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 domain
+        s = tl.where(valid_k[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.math.exp2(m - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        denom = denom * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m = m_new
+    store_rows(Out + b * sob + h * soh, tok_q, valid_q, sol, acc / denom[:, None], D, BLOCK_D)
+    tl.store(LSE + bh * L + tok_q, m + tl.math.log2(denom), mask=valid_q)
+
+
+@triton.jit
+def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
+                sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, sdob, sdoh, sdol,
+                n_heads, G, L, H, W, GH, GW, qk_scale, sm_scale,
+                N_SEL: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+                D: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """dq of one query unit over its selected units; also stores its rows' delta = sum(o * do)."""
+    g = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // n_heads, bh % n_heads
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK)
+    q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
+    do = load_rows(DO + b * sdob + h * sdoh, tok_q, valid_q, sdol, D, BLOCK_D)
+    o = load_rows(Out + b * sob + h * soh, tok_q, valid_q, sol, D, BLOCK_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh * L + tok_q, delta, mask=valid_q)
+    lse = tl.load(LSE + bh * L + tok_q, mask=valid_q, other=float("inf"))
+    dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    units = UNITS + (bh * G + g) * N_SEL
+    for j in range(N_SEL):
+        tok_k, valid_k = unit_tokens(tl.load(units + j), H, W, GH, GW, WH, WW, 0, BLOCK)
+        k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
+        v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
+        p = tl.where(valid_k[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    store_rows(DQ + b * sqb + h * sqh, tok_q, valid_q, sql, dq * sm_scale, D, BLOCK_D)
+
+
+@triton.jit
+def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
+                  sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdob, sdoh, sdol,
+                  n_heads, G, L, H, W, GH, GW, qk_scale, sm_scale,
+                  WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+                  D: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """dk and dv of one key unit, summed over the query units that selected it (the READERS list)."""
+    u = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // n_heads, bh % n_heads
+    Q += b * sqb + h * sqh
+    DO += b * sdob + h * sdoh
+    tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, 0, BLOCK)
+    k = load_rows(K + b * skb + h * skh, tok_k, valid_k, skl, D, BLOCK_D)
+    v = load_rows(V + b * svb + h * svh, tok_k, valid_k, svl, D, BLOCK_D)
+    dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    start = tl.load(STARTS + bh * G + u)
+    for i in range(tl.load(COUNTS + bh * G + u)):
+        tok_q, valid_q = unit_tokens(tl.load(READERS + start + i), H, W, GH, GW, WH, WW, 0, BLOCK)
+        q = load_rows(Q, tok_q, valid_q, sql, D, BLOCK_D)
+        do = load_rows(DO, tok_q, valid_q, sdol, D, BLOCK_D)
+        lse = tl.load(LSE + bh * L + tok_q, mask=valid_q, other=float("inf"))
+        delta = tl.load(DELTA + bh * L + tok_q, mask=valid_q, other=0.0)
+        pt = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
+        pt = tl.where(valid_k[:, None], pt, 0.0)  # (keys, queries)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+        dst = pt * (tl.dot(v, tl.trans(do), input_precision=PRECISION) - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+    store_rows(DK + b * skb + h * skh, tok_k, valid_k, skl, dk * sm_scale, D, BLOCK_D)
+    store_rows(DV + b * svb + h * svh, tok_k, valid_k, svl, dv, D, BLOCK_D)
+
+
+@triton.jit
+def means(Q, K, QM, KM, sqb, sqh, sql, skb, skh, skl, n_heads, G, H, W, GH, GW,
+          WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Mean query and mean key of one unit, summed in float32."""
+    g = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // n_heads, bh % n_heads
+    tok, valid = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK)
+    q = load_rows(Q + b * sqb + h * sqh, tok, valid, sql, D, BLOCK_D).to(tl.float32)
+    k = load_rows(K + b * skb + h * skh, tok, valid, skl, D, BLOCK_D).to(tl.float32)
+    count = tl.sum(valid.to(tl.float32), 0)
+    d = tl.arange(0, BLOCK_D)
+    tl.store(QM + (bh * G + g) * D + d, (tl.sum(q, 0) / count).to(QM.dtype.element_ty), mask=d < D)
+    tl.store(KM + (bh * G + g) * D + d, (tl.sum(k, 0) / count).to(KM.dtype.element_ty), mask=d < D)
+
+
+@triton.jit
+def best_unit(QM, KM, UNITS, G, N_SEL, J, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """Column J of the selection for BLOCK_G query units: the best unit by <mean q, mean k> in float32, among
+    those not yet chosen (the own unit in column 0, columns 1..J-1). Of tied candidates the lowest index wins."""
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    qm = tl.load(QM + (bh * G + rows)[:, None] * D + d[None, :], mask=(rows < G)[:, None] & (d < D)[None, :],
+                 other=0.0)
+    out = UNITS + (bh * G + rows) * N_SEL
+    best = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    best_at = tl.zeros([BLOCK_G], tl.int32)
+    for start in range(0, G, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        km = tl.load(KM + (bh * G + cols)[:, None] * D + d[None, :], mask=(cols < G)[:, None] & (d < D)[None, :],
+                     other=0.0)
+        s = tl.dot(qm, tl.trans(km), input_precision="ieee" if QM.dtype.element_ty == tl.float32 else "tf32")
+        s = tl.where((cols < G)[None, :] & (cols[None, :] != rows[:, None]), s, float("-inf"))
+        for i in range(1, J):
+            chosen = tl.load(out + i, mask=rows < G, other=-1)
+            s = tl.where(cols[None, :] == chosen[:, None], float("-inf"), s)
+        top = tl.max(s, 1)
+        better = top > best
+        best_at = tl.where(better, start + tl.argmax(s, 1).to(tl.int32), best_at)
+        best = tl.where(better, top, best)
+    if J == 1:
+        tl.store(out, rows, mask=rows < G)
+    tl.store(out + J, best_at, mask=rows < G)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _strides(x: Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _rows_contiguous(x: Tensor) -> Tensor:
+    """The kernels index any (B, heads, L) strides but want each token's head vector contiguous."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _precision(x: Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 stays exact; tf32 is unused for 16-bit inputs
+
+
+def check(x: Tensor, window: tuple[int, int]) -> None:
+    """One clear error for inputs these kernels cannot take."""
+    from gvr.models.attention import TRITON_MAX_UNIT
+
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise ConfigError("attention backend 'triton' runs on CUDA tensors (on CPU only under TRITON_INTERPRET=1)")
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not 16 <= x.shape[-1] <= 128:
+        raise ConfigError(f"attention backend 'triton' takes fp16, bf16 or fp32 with head dim 16..128, "
+                          f"got {x.dtype} with head dim {x.shape[-1]}")
+    if window[0] * window[1] > TRITON_MAX_UNIT:
+        raise ConfigError(f"attention backend 'triton' holds units of at most {TRITON_MAX_UNIT} tokens, "
+                          f"got {window[0]}x{window[1]}")
+
+
+def unit_means(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Mean query and mean key of every unit, (B, heads, L, D) -> (B, heads, G, D) each, sums in float32."""
+    check(q, window)
+    q, k = _rows_contiguous(q), _rows_contiguous(k)
+    geo = Geometry(grid, window, q.shape[-1])
+    B, n = q.shape[:2]
+    qm, km = (torch.empty(B, n, geo.G, geo.D, dtype=x.dtype, device=x.device) for x in (q, k))
+    means[(geo.G, B * n)](q, k, qm, km, *_strides(q), *_strides(k), n, geo.G, *geo.sizes(), **geo.constants(),
+                          **geo.launch("means"))
+    return qm, km
+
+
+def select_units(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple[int, int], topk: int) -> Tensor:
+    """`attention.select_units` on these kernels: (B, heads, G, 1 + topk) int32, the own unit first.
+
+    One kernel pass per chosen column, each an argmax over the candidates not chosen yet, with the
+    scores kept in float32 and the (G, G) score matrix never written (torch's `topk` over it costs
+    several times more). Ties go to the lowest unit index; float32 scores can break a tie that
+    scores rounded to a 16-bit input dtype would have made differently.
+    """
+    qm, km = unit_means(q, k, grid, window)
+    B, n, G, D = qm.shape
+    n_top = min(topk, G - 1)
+    units = torch.empty(B, n, G, 1 + n_top, dtype=torch.int32, device=q.device)
+    if n_top == 0:
+        return units.copy_(torch.arange(G, device=q.device)[:, None])
+    block_g = 64
+    for j in range(1, 1 + n_top):
+        best_unit[(triton.cdiv(G, block_g), B * n)](qm, km, units, G, 1 + n_top, j, D=D,
+                                                    BLOCK_D=max(16, 1 << (D - 1).bit_length()),
+                                                    BLOCK_G=block_g, BLOCK_K=64)
+    return units
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry) -> tuple[Tensor, Tensor]:
+    B, n, L, _ = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty(B, n, L, dtype=torch.float32, device=q.device)
+    scale = geo.D ** -0.5
+    n_sel, launch = units.shape[-1], geo.launch("forward")
+    forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], B * n)](
+        q, k, v, o, lse, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        n, geo.G, L, *geo.sizes(), scale * LOG2E, N_SEL=n_sel, SEL_P2=1 << (n_sel - 1).bit_length(),
+        SPLIT=geo.BLOCK // launch["BLOCK_N"], PRECISION=_precision(q), **geo.constants(), **launch)
+    return o, lse
+
+
+def readers(units: Tensor, G: int) -> tuple[Tensor, Tensor, Tensor]:
+    """For every (batch x head, key unit): the query units that selected it, as a CSR list.
+
+    Returns `readers` (all query units, grouped by key unit in ascending order), and per key unit
+    `starts` and `counts` into it, both (B * heads * G,). One stable sort, no host sync.
+    """
+    BH, S = units.shape[0] * units.shape[1], units.shape[-1]
+    key = (torch.arange(BH, device=units.device)[:, None] * G + units.reshape(BH, G * S).long()).flatten()
+    order = torch.argsort(key, stable=True)
+    query = torch.arange(G, device=units.device).repeat_interleave(S).repeat(BH)
+    counts = torch.zeros(BH * G, dtype=torch.long, device=units.device)
+    counts.scatter_add_(0, key, torch.ones_like(key))
+    starts = torch.cumsum(counts, 0) - counts
+    return query[order].to(torch.int32), starts.to(torch.int32), counts.to(torch.int32)
+
+
+def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, units: Tensor,
+              geo: Geometry) -> tuple[Tensor, Tensor, Tensor]:
+    B, n, L, _ = q.shape
+    do = _rows_contiguous(do)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)
+    scale = geo.D ** -0.5
+    shape = dict(PRECISION=_precision(q), **geo.constants(), **geo.launch("backward"))
+    backward_dq[(geo.G, B * n)](
+        q, k, v, o, do, dq, lse, delta, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        *_strides(do), n, geo.G, L, *geo.sizes(), scale * LOG2E, scale, N_SEL=units.shape[-1], **shape)
+    query, starts, counts = readers(units, geo.G)
+    backward_dkdv[(geo.G, B * n)](
+        q, k, v, do, dk, dv, lse, delta, query, starts, counts, *_strides(q), *_strides(k), *_strides(v),
+        *_strides(do), n, geo.G, L, *geo.sizes(), scale * LOG2E, scale, **shape)
+    return dq, dk, dv
+
+
+class _SparseLocal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, units, geo):
+        o, lse = _forward(q, k, v, units, geo)
+        ctx.save_for_backward(q, k, v, o, lse, units)
+        ctx.geo = geo
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, units = ctx.saved_tensors
+        return (*_backward(do, q, k, v, o, lse, units, ctx.geo), None, None)
+
+
+def sparse_local(q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int, int], window: tuple[int, int],
+                 units: Tensor) -> Tensor:
+    """Sparse local attention of q, k, v (B, heads, L, D) over the selected `units` (B, heads, G, 1 + k)."""
+    check(q, window)
+    q, k, v = (_rows_contiguous(x) for x in (q, k, v))
+    units = units.to(torch.int32).contiguous()
+    return _SparseLocal.apply(q, k, v, units, Geometry(grid, window, q.shape[-1]))
