@@ -8,9 +8,10 @@ CUDA-event timings (`triton.testing.do_bench`, L2 flushed between runs), compile
 Per case: `ms`, `speedup_vs_sdpa` (dense SDPA on the same grid, heads and mode) and `effective_tflops`:
 4 * D * (query, key) pairs the mask allows, summed over heads, per second (x3.5 for forward+backward,
 flash-attention's convention); padding and skipped work do not count. Sparse local attention is also
-split into `select_ms` (unit means, scores, top-k, BlockMask), `layout_ms` (tiling q, k, v and
-untiling the output), `kernel_ms` (FlexAttention alone), with `selection_overhead` = select_ms /
-(layout_ms + kernel_ms), the attention work it enables, and `kernel_effective_tflops`.
+split into `select_ms` (unit means, scores, top-k, and for FlexAttention the BlockMask), `layout_ms`
+(FlexAttention only: tiling q, k, v and untiling the output; the Triton kernels read tokens in place),
+`kernel_ms` (the attention kernel alone), with `selection_overhead` = select_ms / (layout_ms +
+kernel_ms), the attention work it enables, and `kernel_effective_tflops`.
 
     python benchmarks/attention.py   # -> benchmarks/results/attention-<device>.json
     python benchmarks/attention.py --profile sparse_local_top1 --grids 20x68x120 --heads 24x64  # kernel table
@@ -90,11 +91,34 @@ def timer(fn, inputs, backward: bool) -> float:
                     return_mode="median")
 
 
-def sparse_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
-    """Forward sparse local attention split into selection, tiling and the FlexAttention kernel.
+def sparse_breakdown(q, k, v, grid, topk: int, backend: str) -> dict[str, float]:
+    """Forward sparse local attention split into selection, layout and kernel, on the given backend."""
+    with A.use_backend(backend):
+        backend = A._choose("sparse_local", q, UNIT_WINDOW[0] * UNIT_WINDOW[1])
+    if backend == "triton":
+        return triton_breakdown(q, k, v, grid, topk)
+    return flex_breakdown(q, k, v, grid, topk)
 
-    The unit means come out of the pass that tiles q and k; `means_ms` is what they add to it.
-    """
+
+def triton_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
+    """The Triton path reads tokens in place: unit means, the pick, then one kernel; no layout pass."""
+    from gvr.models import attention_triton as TK
+
+    units = TK.select_units(q, k, grid, UNIT_WINDOW, topk)
+    geo = TK.Geometry(grid, UNIT_WINDOW, q.shape[-1])
+    with torch.no_grad():
+        parts = {
+            "means_ms": timer(lambda: TK.unit_means(q, k, grid, UNIT_WINDOW), (), False),
+            "select_ms": timer(lambda: TK.select_units(q, k, grid, UNIT_WINDOW, topk), (), False),
+            "layout_ms": 0.0,
+            "kernel_ms": timer(lambda: TK._forward(q, k, v, units, geo), (), False),
+        }
+    parts["pick_ms"] = max(parts["select_ms"] - parts["means_ms"], 0.0)
+    return parts
+
+
+def flex_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
+    """FlexAttention path; its unit means come out of the pass that tiles q and k (`means_ms` is what they add)."""
     t = A.tiling(grid, (1, *UNIT_WINDOW), (False, False, False), q.device, K.flex_multiple(q.device))
     tiles = [A.to_tiles(x, t) for x in (q, k, v)]
     qm, km = A.tiles_and_means(q, t)[1], A.tiles_and_means(k, t)[1]
@@ -135,9 +159,9 @@ def bench_config(grid, heads: int, D: int, modes, cases, backend: str) -> dict[s
             metrics[f"{key}.ms"] = ms
             metrics[f"{key}.speedup_vs_sdpa"] = metrics[f"sdpa.{g}.{h}.{mode}.ms"] / ms
             metrics[f"{key}.effective_tflops"] = flops / ms / 1e9
-            if case.startswith("sparse_local") and not backward and backend in ("auto", "flex"):
+            if case.startswith("sparse_local") and not backward and backend in ("auto", "triton", "flex"):
                 parts = sparse_breakdown(q.detach(), k.detach(), v.detach(), grid,
-                                         int(case.removeprefix("sparse_local_top")))
+                                         int(case.removeprefix("sparse_local_top")), backend)
                 metrics.update({f"{key}.{name}": value for name, value in parts.items()})
                 metrics[f"{key}.selection_overhead"] = parts["select_ms"] / (parts["layout_ms"] + parts["kernel_ms"])
                 metrics[f"{key}.kernel_effective_tflops"] = flops / parts["kernel_ms"] / 1e9
@@ -212,6 +236,7 @@ def write_result(out: Path, device: str, command: str, metrics: dict[str, float]
         "benchmark": "attention",
         "device": device,
         "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
         "date": datetime.date.today().isoformat(),
         "command": command,
         "metrics": {name: round(value, 4) for name, value in {**goal, **metrics}.items()},
