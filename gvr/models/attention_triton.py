@@ -39,6 +39,11 @@ from gvr.errors import ConfigError
 LOG2E = 1.4426950408889634
 
 
+def _pow2(n: int, least: int = 1) -> int:
+    """The smallest power of two >= n and >= least (Triton tiles are powers of two; tl.dot wants >= 16)."""
+    return max(least, 1 << (n - 1).bit_length())
+
+
 class Geometry:
     """Sizes the kernels need: the token grid, the unit window, the number of units and the tile widths."""
 
@@ -48,8 +53,8 @@ class Geometry:
         self.GH, self.GW = math.ceil(self.H / self.WH), math.ceil(self.W / self.WW)
         self.G = self.T * self.GH * self.GW
         self.D = head_dim
-        self.BLOCK = max(16, 1 << (self.WH * self.WW - 1).bit_length())
-        self.BLOCK_D = max(16, 1 << (head_dim - 1).bit_length())
+        self.BLOCK = _pow2(self.WH * self.WW, 16)
+        self.BLOCK_D = _pow2(head_dim, 16)
 
     def sizes(self) -> tuple[int, int, int, int]:
         """The runtime arguments (H, W, GH, GW) of every kernel."""
@@ -327,7 +332,7 @@ def select_units(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple
     block_g = 64
     for j in range(1, 1 + n_top):
         best_unit[(triton.cdiv(G, block_g), B * n)](qm, km, units, G, 1 + n_top, j, D=D,
-                                                    BLOCK_D=max(16, 1 << (D - 1).bit_length()),
+                                                    BLOCK_D=_pow2(D, 16),
                                                     BLOCK_G=block_g, BLOCK_K=64)
     return units
 
@@ -340,7 +345,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry) -> t
     n_sel, launch = units.shape[-1], geo.launch("forward")
     forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], B * n)](
         q, k, v, o, lse, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        n, geo.G, L, *geo.sizes(), scale * LOG2E, N_SEL=n_sel, SEL_P2=1 << (n_sel - 1).bit_length(),
+        n, geo.G, L, *geo.sizes(), scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel),
         SPLIT=geo.BLOCK // launch["BLOCK_N"], PRECISION=_precision(q), **geo.constants(), **launch)
     return o, lse
 
