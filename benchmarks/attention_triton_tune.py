@@ -1,9 +1,11 @@
 """Launch settings of the Triton sparse local attention kernels: warps x pipeline stages, timed per kernel.
 
 For each head layout and top-k on the 77-frame grid (20x68x120 tokens, 9x12 units, bf16), times the
-forward kernel under every (query block BLOCK_M, key block BLOCK_N, num_warps, num_stages) and the two backward kernels
-(dq; dk and dv) under every (num_warps, num_stages), with `tflops` counted on the attended (query,
-key) pairs (4 * D per pair; x2.5 for the backward). `Geometry.launch` holds the chosen settings.
+forward kernel under every (query block BLOCK_M, key block BLOCK_N, num_warps, num_stages, maxnreg)
+and the two backward kernels (dq; dk and dv) under every (num_warps, num_stages, maxnreg), with
+`tflops` counted on the attended (query, key) pairs (4 * D per pair; x2.5 for the backward).
+`maxnreg` caps the registers per thread (0: no cap), trading spills for programs per multiprocessor.
+`Geometry.launch` holds the chosen settings.
 
     python benchmarks/attention_triton_tune.py --out benchmarks/results/attention-triton-tune-<device>.json
 """
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topk", default="1,3")
     parser.add_argument("--warps", default="4,8")
     parser.add_argument("--stages", default="1,2,3")
+    parser.add_argument("--maxnreg", default="0,128")
+    parser.add_argument("--blocks", default="128x64,128x32,128x128,64x64", help="forward BLOCK_MxBLOCK_N")
+    parser.add_argument("--modes", default="fwd,bwd")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics: dict[str, float] = {}
     default = TK.Geometry.launch
     warps, stages = [int(x) for x in args.warps.split(",")], [int(x) for x in args.stages.split(",")]
+    caps = [int(x) for x in args.maxnreg.split(",")]
+    blocks = [tuple(int(x) for x in b.split("x")) for b in args.blocks.split(",")]
     for heads, D in (tuple(int(x) for x in h.split("x")) for h in args.heads.split(",")):
         q, k, v, do = (torch.randn(1, heads, math.prod(grid), D, device="cuda", dtype=torch.bfloat16)
                        for _ in range(4))
@@ -60,13 +67,13 @@ def main(argv: list[str] | None = None) -> None:
             flops = 4 * D * float((sizes[None, None, :] * sizes[units.long()].sum(-1)).sum())
             geo = TK.Geometry(grid, WINDOW, D)
             o, lse = TK._forward(q, k, v, units, geo)
-            grid_of = {"fwd": itertools.product(((128, 128), (128, 64), (64, 128), (64, 64)), warps, stages),
-                       "bwd": itertools.product((None,), warps, stages)}
-            for mode, settings in grid_of.items():
-                for blocks, w, st in settings:
+            grid_of = {"fwd": itertools.product(blocks, warps, stages, caps),
+                       "bwd": itertools.product((None,), warps, stages, caps)}
+            for mode in args.modes.split(","):
+                for tile, w, st, cap in grid_of[mode]:
                     kernel = "forward" if mode == "fwd" else "backward"
-                    setting = {"num_warps": w, "num_stages": st} | (dict(zip(("BLOCK_M", "BLOCK_N"), blocks)) if blocks
-                                                                    else {})
+                    setting = ({"num_warps": w, "num_stages": st} | ({"maxnreg": cap} if cap else {})
+                               | (dict(zip(("BLOCK_M", "BLOCK_N"), tile)) if tile else {}))
                     TK.Geometry.launch = lambda self, name, k=kernel, s=setting: s if name == k else default(self, name)
                     key = f"{heads}x{D}.top{topk}.{mode}." + ".".join(f"{n}{v}" for n, v in setting.items())
                     try:

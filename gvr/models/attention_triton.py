@@ -11,8 +11,8 @@ is a bounds check, and padding slots are never read from or written to memory.
 - `select_units`: the mean query and key of every unit in one pass over q and k, then one argmax
   pass per chosen unit over float32 scores (the (G, G) score matrix is never written);
 - forward: online softmax over the selected units (flash-attention style), each key unit in blocks
-  of BLOCK_N slots, the next block's k and v loading while the current one computes; it saves the
-  rows' log-sum-exp for the backward;
+  of BLOCK_N slots whose loads Triton software-pipelines; it saves the rows' log-sum-exp for the
+  backward;
 - backward: one kernel per query unit for dq (and the rows' `sum(o * do)`), one per key unit for dk
   and dv, which loops over the query units that selected it (a CSR list built by one sort), so no
   atomics and the result is deterministic.
@@ -65,15 +65,17 @@ class Geometry:
         return {"WH": self.WH, "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D}
 
     def launch(self, kernel: str) -> dict:
-        """Meta-parameters of the "forward" or "backward" kernels, as measured fastest on an H200
-        (benchmarks/attention_triton_tune.py): key blocks of BLOCK_N slots, warps, pipeline stages."""
-        if kernel == "forward":  # head dim 64: 1.57 ms at 4 warps vs 2.25 at 8; head dim 128: 1.66 at 8 vs 2.45 at 4
-            wide = self.BLOCK * self.BLOCK_D > 128 * 64
+        """Meta-parameters of the "forward", "backward" or "means" kernels, as measured fastest on an H200
+        (benchmarks/attention_triton_tune.py): key blocks of BLOCK_N slots, warps, pipeline stages, and a
+        register cap (`maxnreg`): uncapped, the forward takes 255 registers a thread, which leaves room
+        for only two programs per multiprocessor, too few to hide its load and exponential latencies."""
+        wide = self.BLOCK * self.BLOCK_D > 128 * 64
+        if kernel == "forward":  # top-1, 24x64: 1.51 ms (1.60 uncapped); 12x128 at 8 warps: 1.33 (1.71 uncapped)
             return {"BLOCK_M": self.BLOCK, "BLOCK_N": min(self.BLOCK, 64), "num_warps": 8 if wide else 4,
-                    "num_stages": 1}
+                    "num_stages": 2, "maxnreg": 128}
         if kernel == "means":  # 1 warp: 0.255 ms for q and k at 24x64 (3.9 TB/s), 4 warps 0.270, 8 warps 0.462
             return {"num_warps": 1 if self.BLOCK * self.BLOCK_D <= 128 * 128 else 4}
-        return {"num_warps": 8, "num_stages": 1}  # 6.3 ms vs 8.3 at 4 warps; more stages only cost shared memory
+        return {"num_warps": 8, "num_stages": 1}  # 6.3 ms vs 8.3 at 4 warps; more stages or a register cap: slower
 
 
 @triton.jit
@@ -121,8 +123,8 @@ def forward(Q, K, V, Out, LSE, UNITS,
             N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, D: tl.constexpr,
             BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
-    """One program: BLOCK_M query slots of a unit. Key blocks are (selected unit, BLOCK_N slots of it); the
-    next block's k and v load while this one computes."""
+    """One program: BLOCK_M query slots of a unit. Key blocks are (selected unit, BLOCK_N slots of it); Triton
+    pipelines their loads over `num_stages` shared-memory buffers."""
     g = tl.program_id(0) // (BLOCK // BLOCK_M)
     part = tl.program_id(0) % (BLOCK // BLOCK_M)
     bh = tl.program_id(1).to(tl.int64)
@@ -130,22 +132,16 @@ def forward(Q, K, V, Out, LSE, UNITS,
     K += b * skb + h * skh
     V += b * svb + h * svh
     sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
-    tok_n, valid_n = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK_N)  # the first block: the own unit
-    k_n = load_rows(K, tok_n, valid_n, skl, D, BLOCK_D)
-    v_n = load_rows(V, tok_n, valid_n, svl, D, BLOCK_D)
     tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, part * BLOCK_M, BLOCK_M)
     q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     denom = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for blk in range(N_SEL * SPLIT):
-        k, v, valid_k = k_n, v_n, valid_n
-        nxt = blk + 1
-        u = tl.sum(tl.where(tl.arange(0, SEL_P2) == nxt // SPLIT, sel, 0))
-        tok_n, valid_n = unit_tokens(u, H, W, GH, GW, WH, WW, (nxt % SPLIT) * BLOCK_N, BLOCK_N)
-        valid_n = valid_n & (tl.zeros([BLOCK_N], tl.int32) + nxt < N_SEL * SPLIT)  # past the last: load nothing
-        k_n = load_rows(K, tok_n, valid_n, skl, D, BLOCK_D)
-        v_n = load_rows(V, tok_n, valid_n, svl, D, BLOCK_D)
+        u = tl.sum(tl.where(tl.arange(0, SEL_P2) == blk // SPLIT, sel, 0))
+        tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, (blk % SPLIT) * BLOCK_N, BLOCK_N)
+        k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
+        v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 domain
         s = tl.where(valid_k[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
