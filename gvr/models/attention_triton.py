@@ -94,6 +94,13 @@ def unit_tokens(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr, START, SIZE
 
 
 @triton.jit
+def batch_head(n_heads):
+    """The program's (batch x head) index along grid axis 1, and its batch and head."""
+    bh = tl.program_id(1).to(tl.int64)
+    return bh, bh // n_heads, bh % n_heads
+
+
+@triton.jit
 def tile_mask(valid, D: tl.constexpr, BLOCK_D: tl.constexpr):
     """Mask of a (tokens, BLOCK_D) tile: the token slots, and the head dim where it is not a power of two."""
     if D == BLOCK_D:
@@ -127,8 +134,7 @@ def forward(Q, K, V, Out, LSE, UNITS,
     pipelines their loads over `num_stages` shared-memory buffers."""
     g = tl.program_id(0) // (BLOCK // BLOCK_M)
     part = tl.program_id(0) % (BLOCK // BLOCK_M)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
+    bh, b, h = batch_head(n_heads)
     K += b * skb + h * skh
     V += b * svb + h * svh
     sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
@@ -162,8 +168,7 @@ def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
                 D: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     """dq of one query unit over its selected units; also stores its rows' delta = sum(o * do)."""
     g = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
+    bh, b, h = batch_head(n_heads)
     K += b * skb + h * skh
     V += b * svb + h * svh
     tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK)
@@ -195,8 +200,7 @@ def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
                   D: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     """dk and dv of one key unit, summed over the query units that selected it (the READERS list)."""
     u = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
+    bh, b, h = batch_head(n_heads)
     Q += b * sqb + h * sqh
     DO += b * sdob + h * sdoh
     tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, 0, BLOCK)
@@ -225,8 +229,7 @@ def means(Q, K, QM, KM, sqb, sqh, sql, skb, skh, skl, n_heads, G, H, W, GH, GW,
           WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
     """Mean query and mean key of one unit, summed in float32."""
     g = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b, h = bh // n_heads, bh % n_heads
+    bh, b, h = batch_head(n_heads)
     tok, valid = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK)
     q = load_rows(Q + b * sqb + h * sqh, tok, valid, sql, D, BLOCK_D).to(tl.float32)
     k = load_rows(K + b * skb + h * skh, tok, valid, skl, D, BLOCK_D).to(tl.float32)
