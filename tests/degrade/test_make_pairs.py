@@ -24,7 +24,8 @@ def workspace(tmp_path, monkeypatch):
 
     def params(*overrides):
         return load_params(ROOT / "params.yaml", profile="tiny", overrides=[
-            f"curate.input={tmp_path / 'raw'}", "compute.use_ray=false", "degrade.min_holdout=1",
+            f"curate.input={tmp_path / 'raw'}", "compute.use_ray=false",
+            "degrade.holdout_fraction=0", "degrade.min_holdout=1",  # exactly one video held out, whatever the paths hash to
             "degrade.sets={stage1: {frames: 9, clips_per_video: 2, methods: [resize, second_order]}, "
             "eval: {frames: 17, methods: [resize], split: holdout}}", *overrides])
     return params
