@@ -60,9 +60,12 @@ class Geometry:
         """The runtime arguments (H, W, GH, GW) of every kernel."""
         return self.H, self.W, self.GH, self.GW
 
-    def constants(self) -> dict:
-        """The compile-time arguments shared by every kernel."""
-        return {"WH": self.WH, "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D}
+    def constants(self, *tensors: Tensor) -> dict:
+        """The compile-time arguments shared by every kernel; I64 where a token offset into one of the
+        (B, heads, L, D) `tensors` it reads or writes could pass 2**31 (int32 index arithmetic otherwise)."""
+        i64 = self.T * self.H * self.W * max(x.stride(2) for x in tensors) >= 2**31
+        return {"WH": self.WH, "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D,
+                "I64": i64}
 
     def launch(self, kernel: str) -> dict:
         """Meta-parameters of the "forward", "backward" or "means" kernels, as measured fastest on an H200
@@ -70,17 +73,20 @@ class Geometry:
         register cap (`maxnreg`): uncapped, the forward takes 255 registers a thread, which leaves room
         for only two programs per multiprocessor, too few to hide its load and exponential latencies."""
         wide = self.BLOCK * self.BLOCK_D > 128 * 64
-        if kernel == "forward":  # top-1, 24x64: 1.51 ms (1.60 uncapped); 12x128 at 8 warps: 1.33 (1.71 uncapped)
+        if kernel == "forward":  # top-1, 24x64: 1.47 ms (1.59 uncapped); 12x128 at 8 warps: 1.25 (1.67 uncapped)
             return {"BLOCK_M": self.BLOCK, "BLOCK_N": min(self.BLOCK, 64), "num_warps": 8 if wide else 4,
                     "num_stages": 2, "maxnreg": 128}
-        if kernel == "means":  # 1 warp: 0.255 ms for q and k at 24x64 (3.9 TB/s), 4 warps 0.270, 8 warps 0.462
+        if kernel == "means":  # 1 warp: 0.242 ms for q and k at 24x64 (4.2 TB/s), 2 warps 0.255
             return {"num_warps": 1 if self.BLOCK * self.BLOCK_D <= 128 * 128 else 4}
-        return {"num_warps": 8, "num_stages": 1}  # 6.3 ms vs 8.3 at 4 warps; more stages or a register cap: slower
+        return {"num_warps": 8, "num_stages": 1}  # 6.2 ms vs 8.2 at 4 warps; more stages or a register cap: slower
 
 
 @triton.jit
-def unit_tokens(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr, START, SIZE: tl.constexpr):
-    """Raster index of slots START..START+SIZE of unit g, and whether each holds a token (edge units are cut)."""
+def unit_tokens(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr, START, SIZE: tl.constexpr, I64: tl.constexpr):
+    """Raster index of slots START..START+SIZE of unit g, and whether each holds a token (edge units are cut).
+
+    The index is int32, whose address arithmetic costs about half the instructions of int64 (2-6% of the
+    forward kernel's time), unless I64: some token's offset (index * row stride) would pass 2**31."""
     per_frame = GH * GW
     t = g // per_frame
     r = g - t * per_frame
@@ -90,7 +96,10 @@ def unit_tokens(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr, START, SIZE
     hh = uh * WH + i // WW
     ww = uw * WW + i % WW
     valid = (i < WH * WW) & (hh < H) & (ww < W)
-    return ((t * H + hh) * W + ww).to(tl.int64), valid
+    tok = (t * H + hh) * W + ww
+    if I64:
+        tok = tok.to(tl.int64)
+    return tok, valid
 
 
 @triton.jit
@@ -129,7 +138,7 @@ def forward(Q, K, V, Out, LSE, UNITS,
             n_heads, G, L, H, W, GH, GW, qk_scale,
             N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, D: tl.constexpr,
-            BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+            BLOCK_D: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
     """One program: BLOCK_M query slots of a unit. Key blocks are (selected unit, BLOCK_N slots of it); Triton
     pipelines their loads over `num_stages` shared-memory buffers."""
     g = tl.program_id(0) // (BLOCK // BLOCK_M)
@@ -138,14 +147,14 @@ def forward(Q, K, V, Out, LSE, UNITS,
     K += b * skb + h * skh
     V += b * svb + h * svh
     sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
-    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, part * BLOCK_M, BLOCK_M)
+    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, part * BLOCK_M, BLOCK_M, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     denom = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for blk in range(N_SEL * SPLIT):
         u = tl.sum(tl.where(tl.arange(0, SEL_P2) == blk // SPLIT, sel, 0))
-        tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, (blk % SPLIT) * BLOCK_N, BLOCK_N)
+        tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, (blk % SPLIT) * BLOCK_N, BLOCK_N, I64)
         k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
         v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 domain
@@ -165,13 +174,13 @@ def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
                 sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, sdob, sdoh, sdol,
                 n_heads, G, L, H, W, GH, GW, qk_scale, sm_scale,
                 N_SEL: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
-                D: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                D: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
     """dq of one query unit over its selected units; also stores its rows' delta = sum(o * do)."""
     g = tl.program_id(0)
     bh, b, h = batch_head(n_heads)
     K += b * skb + h * skh
     V += b * svb + h * svh
-    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK)
+    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
     do = load_rows(DO + b * sdob + h * sdoh, tok_q, valid_q, sdol, D, BLOCK_D)
     o = load_rows(Out + b * sob + h * soh, tok_q, valid_q, sol, D, BLOCK_D)
@@ -181,7 +190,7 @@ def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     units = UNITS + (bh * G + g) * N_SEL
     for j in range(N_SEL):
-        tok_k, valid_k = unit_tokens(tl.load(units + j), H, W, GH, GW, WH, WW, 0, BLOCK)
+        tok_k, valid_k = unit_tokens(tl.load(units + j), H, W, GH, GW, WH, WW, 0, BLOCK, I64)
         k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
         v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
         p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
@@ -197,20 +206,20 @@ def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
                   sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdob, sdoh, sdol,
                   n_heads, G, L, H, W, GH, GW, qk_scale, sm_scale,
                   WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
-                  D: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                  D: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
     """dk and dv of one key unit, summed over the query units that selected it (the READERS list)."""
     u = tl.program_id(0)
     bh, b, h = batch_head(n_heads)
     Q += b * sqb + h * sqh
     DO += b * sdob + h * sdoh
-    tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, 0, BLOCK)
+    tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, 0, BLOCK, I64)
     k = load_rows(K + b * skb + h * skh, tok_k, valid_k, skl, D, BLOCK_D)
     v = load_rows(V + b * svb + h * svh, tok_k, valid_k, svl, D, BLOCK_D)
     dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     start = tl.load(STARTS + bh * G + u)
     for i in range(tl.load(COUNTS + bh * G + u)):
-        tok_q, valid_q = unit_tokens(tl.load(READERS + start + i), H, W, GH, GW, WH, WW, 0, BLOCK)
+        tok_q, valid_q = unit_tokens(tl.load(READERS + start + i), H, W, GH, GW, WH, WW, 0, BLOCK, I64)
         q = load_rows(Q, tok_q, valid_q, sql, D, BLOCK_D)
         do = load_rows(DO, tok_q, valid_q, sdol, D, BLOCK_D)
         lse = tl.load(LSE + bh * L + tok_q, mask=valid_q, other=float("inf"))
@@ -226,11 +235,12 @@ def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
 
 @triton.jit
 def means(Q, K, QM, KM, sqb, sqh, sql, skb, skh, skl, n_heads, G, H, W, GH, GW,
-          WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+          WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+          I64: tl.constexpr):
     """Mean query and mean key of one unit, summed in float32."""
     g = tl.program_id(0)
     bh, b, h = batch_head(n_heads)
-    tok, valid = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK)
+    tok, valid = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok, valid, sql, D, BLOCK_D).to(tl.float32)
     k = load_rows(K + b * skb + h * skh, tok, valid, skl, D, BLOCK_D).to(tl.float32)
     count = tl.sum(valid.to(tl.float32), 0)
@@ -309,7 +319,7 @@ def unit_means(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple[i
     geo = Geometry(grid, window, q.shape[-1])
     B, n = q.shape[:2]
     qm, km = (torch.empty(B, n, geo.G, geo.D, dtype=x.dtype, device=x.device) for x in (q, k))
-    means[(geo.G, B * n)](q, k, qm, km, *_strides(q), *_strides(k), n, geo.G, *geo.sizes(), **geo.constants(),
+    means[(geo.G, B * n)](q, k, qm, km, *_strides(q), *_strides(k), n, geo.G, *geo.sizes(), **geo.constants(q, k),
                           **geo.launch("means"))
     return qm, km
 
@@ -345,7 +355,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry) -> t
     forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], B * n)](
         q, k, v, o, lse, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         n, geo.G, L, *geo.sizes(), scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel),
-        SPLIT=geo.BLOCK // launch["BLOCK_N"], PRECISION=_precision(q), **geo.constants(), **launch)
+        SPLIT=geo.BLOCK // launch["BLOCK_N"], PRECISION=_precision(q), **geo.constants(q, k, v, o), **launch)
     return o, lse
 
 
@@ -372,7 +382,7 @@ def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tenso
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
     scale = geo.D ** -0.5
-    shape = dict(PRECISION=_precision(q), **geo.constants(), **geo.launch("backward"))
+    shape = dict(PRECISION=_precision(q), **geo.constants(q, k, v, o, do), **geo.launch("backward"))
     backward_dq[(geo.G, B * n)](
         q, k, v, o, do, dq, lse, delta, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         *_strides(do), n, geo.G, L, *geo.sizes(), scale * LOG2E, scale, N_SEL=units.shape[-1], **shape)

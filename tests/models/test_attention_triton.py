@@ -88,6 +88,23 @@ def test_reads_strided_inputs_in_place(TK):
     check_against_reference(TK, grid, window, 1, q, k, v, tol=1e-5)
 
 
+def test_offsets_switch_to_int64_only_past_int32(TK):
+    """Token offsets are int32 unless index * row stride can pass 2**31 (a long video in (B, L, heads, D))."""
+    geo = TK.Geometry((20, 68, 120), (9, 12), 128)
+    L = 20 * 68 * 120
+    small = torch.empty(1, 24, L, 128, device="meta")
+    wide = torch.empty(1, L, 24 * 16, 128, device="meta").transpose(1, 2)  # row stride 49152: 8.0e9 > 2**31
+    assert geo.constants(small)["I64"] is False
+    assert geo.constants(small, wide)["I64"] is True
+
+
+def test_int64_offsets_give_the_same_result(TK, monkeypatch):
+    default = TK.Geometry.constants
+    monkeypatch.setattr(TK.Geometry, "constants", lambda self, *x: {**default(self, *x), "I64": True})
+    grid = (2, 5, 7)
+    check_against_reference(TK, grid, (2, 3), 2, *qkv(grid), tol=1e-5)
+
+
 def test_unit_means_equal_pooled_means(TK):
     grid, window = (2, 7, 9), (3, 4)
     q, k, _ = qkv(grid, D=24, requires_grad=False)
