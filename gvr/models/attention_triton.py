@@ -70,11 +70,12 @@ class Geometry:
     def launch(self, kernel: str) -> dict:
         """Meta-parameters of the "forward", "backward" or "means" kernels, as measured fastest on an H200
         (benchmarks/attention_triton_tune.py): key blocks of BLOCK_N slots, warps, pipeline stages, and a
-        register cap (`maxnreg`): uncapped, the forward takes 255 registers a thread, which leaves room
-        for only two programs per multiprocessor, too few to hide its load and exponential latencies."""
+        register cap (`maxnreg`): uncapped, the forward takes up to 255 registers a thread, which leaves
+        room for only two programs per multiprocessor, too few to hide its load and exponential latencies;
+        capped too low, it spills in its loop."""
         wide = self.BLOCK * self.BLOCK_D > 128 * 64
-        if kernel == "forward":  # top-1, 24x64: 1.47 ms (1.59 uncapped); 12x128 at 8 warps: 1.25 (1.67 uncapped)
-            return {"BLOCK_M": self.BLOCK, "BLOCK_N": min(self.BLOCK, 64), "num_warps": 8 if wide else 4,
+        if kernel == "forward":  # top-1: 1.23 ms at 24x64 (4 warps, 64-slot blocks: 1.29), 1.18 at 12x128
+            return {"BLOCK_M": self.BLOCK, "BLOCK_N": min(self.BLOCK, 64 if wide else 128), "num_warps": 8,
                     "num_stages": 2, "maxnreg": 128}
         if kernel == "means":  # 1 warp: 0.242 ms for q and k at 24x64 (4.2 TB/s), 2 warps 0.255
             return {"num_warps": 1 if self.BLOCK * self.BLOCK_D <= 128 * 128 else 4}
@@ -133,32 +134,57 @@ def store_rows(X, tok, valid, stride_l, value, D: tl.constexpr, BLOCK_D: tl.cons
 
 
 @triton.jit
+def unit_origin(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr):
+    """Raster index of unit g's first token, and its numbers of token rows and columns (edge units are cut)."""
+    per_frame = GH * GW
+    t = g // per_frame
+    r = g - t * per_frame
+    uh = r // GW
+    uw = r - uh * GW
+    return (t * H + uh * WH) * W + uw * WW, tl.minimum(H - uh * WH, WH), tl.minimum(W - uw * WW, WW)
+
+
+@triton.jit
 def forward(Q, K, V, Out, LSE, UNITS,
             sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol,
             n_heads, G, L, H, W, GH, GW, qk_scale,
             N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, D: tl.constexpr,
-            BLOCK_D: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
+            BLOCK_D: tl.constexpr, I64: tl.constexpr, FULL_WIDTH: tl.constexpr, PRECISION: tl.constexpr):
     """One program: BLOCK_M query slots of a unit. Key blocks are (selected unit, BLOCK_N slots of it); Triton
-    pipelines their loads over `num_stages` shared-memory buffers."""
+    pipelines their loads over `num_stages` shared-memory buffers.
+
+    The loop does as little integer work as it can, since instruction issue is what bounds it: where each
+    selected unit starts and how many rows and columns it has are worked out once, before the loop. With
+    FULL_WIDTH (W a multiple of WW, so no unit is cut on the right) a unit's tokens fill the first
+    rows * WW of its slots and a slot is valid when it is below that; otherwise its column is checked too.
+    The mask enters as an additive bias fused with the scale (one FFMA a score)."""
     g = tl.program_id(0) // (BLOCK // BLOCK_M)
     part = tl.program_id(0) % (BLOCK // BLOCK_M)
     bh, b, h = batch_head(n_heads)
     K += b * skb + h * skh
     V += b * svb + h * svh
     sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
+    origin, rows, cols = unit_origin(sel, H, W, GH, GW, WH, WW)
+    limit = rows * WW
     tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, part * BLOCK_M, BLOCK_M, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     denom = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for blk in range(N_SEL * SPLIT):
-        u = tl.sum(tl.where(tl.arange(0, SEL_P2) == blk // SPLIT, sel, 0))
-        tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, (blk % SPLIT) * BLOCK_N, BLOCK_N, I64)
+        pick = tl.arange(0, SEL_P2) == blk // SPLIT
+        slot = (blk % SPLIT) * BLOCK_N + tl.arange(0, BLOCK_N)
+        valid_k = slot < tl.sum(tl.where(pick, limit, 0))
+        if not FULL_WIDTH:
+            valid_k = valid_k & (slot % WW < tl.sum(tl.where(pick, cols, 0)))
+        tok_k = tl.sum(tl.where(pick, origin, 0)) + (slot // WW) * W + slot % WW
+        if I64:
+            tok_k = tok_k.to(tl.int64)
         k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
         v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 domain
-        s = tl.where(valid_k[None, :], s, float("-inf"))
+        s += tl.where(valid_k, 0.0, float("-inf"))[None, :]
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.math.exp2(m - m_new)
         p = tl.math.exp2(s - m_new[:, None])
@@ -355,7 +381,8 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry) -> t
     forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], B * n)](
         q, k, v, o, lse, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         n, geo.G, L, *geo.sizes(), scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel),
-        SPLIT=geo.BLOCK // launch["BLOCK_N"], PRECISION=_precision(q), **geo.constants(q, k, v, o), **launch)
+        SPLIT=geo.BLOCK // launch["BLOCK_N"], FULL_WIDTH=geo.W % geo.WW == 0, PRECISION=_precision(q),
+        **geo.constants(q, k, v, o), **launch)
     return o, lse
 
 

@@ -168,9 +168,14 @@ def test_unusable_inputs_fail_with_one_clear_error(TK):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("window, topk, D", [((9, 12), 1, 64), ((9, 12), 3, 128), ((16, 16), 2, 64), ((9, 12), 7, 48)])
-def test_gpu_forward_backward_bf16(TK, window, topk, D):
-    grid = (5, 20, 30)
+@pytest.mark.parametrize("grid, window, topk, D", [
+    ((5, 20, 30), (9, 12), 1, 64),  # units cut on the right: the forward checks each slot's column
+    ((5, 20, 36), (9, 12), 2, 64),  # width a multiple of the unit's: a unit's tokens are a prefix of its slots
+    ((5, 20, 36), (9, 12), 3, 128),
+    ((5, 20, 30), (16, 16), 2, 64),
+    ((5, 20, 30), (9, 12), 7, 48),
+])
+def test_gpu_forward_backward_bf16(TK, grid, window, topk, D):
     check_against_reference(TK, grid, window, topk, *qkv(grid, B=2, heads=4, D=D, dtype=torch.bfloat16), tol=1e-2)
 
 
