@@ -15,7 +15,8 @@ is a bounds check, and padding slots are never read from or written to memory.
   backward;
 - backward: one kernel per query unit for dq (and the rows' `sum(o * do)`), one per key unit for dk
   and dv, which loops over the query units that selected it (a CSR list built by one sort), so no
-  atomics and the result is deterministic.
+  atomics and the result is deterministic. The forward's log-sum-exp and that row sum are kept in
+  unit-slot order, (B, heads, G * BLOCK), so the backward reads a unit's rows as one contiguous run.
 
 A row of `units` must start with the query unit itself and hold distinct units, as
 `attention.select_units` and `select_units` here make it. Triton is a dependency of torch's CUDA
@@ -61,11 +62,12 @@ class Geometry:
         return self.H, self.W, self.GH, self.GW
 
     def constants(self, *tensors: Tensor) -> dict:
-        """The compile-time arguments shared by every kernel; I64 where a token offset into one of the
-        (B, heads, L, D) `tensors` it reads or writes could pass 2**31 (int32 index arithmetic otherwise)."""
+        """The compile-time arguments shared by every kernel. FULL_WIDTH: W is a multiple of WW, so no unit
+        is cut on the right and a unit's tokens fill the first rows * WW of its slots. I64: a token offset
+        into one of the (B, heads, L, D) `tensors` it reads or writes could pass 2**31 (int32 otherwise)."""
         i64 = self.T * self.H * self.W * max(x.stride(2) for x in tensors) >= 2**31
         return {"WH": self.WH, "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D,
-                "I64": i64}
+                "FULL_WIDTH": self.W % self.WW == 0, "I64": i64}
 
     def launch(self, kernel: str) -> dict:
         """Meta-parameters of the "forward", "backward" or "means" kernels, as measured fastest on an H200
@@ -79,28 +81,52 @@ class Geometry:
                     "num_stages": 2, "maxnreg": 128}
         if kernel == "means":  # 1 warp: 0.242 ms for q and k at 24x64 (4.2 TB/s), 2 warps 0.255
             return {"num_warps": 1 if self.BLOCK * self.BLOCK_D <= 128 * 128 else 4}
-        return {"num_warps": 8, "num_stages": 1}  # 6.2 ms vs 8.2 at 4 warps; more stages or a register cap: slower
+        return {"num_warps": 8, "num_stages": 1}  # 5.1 ms vs 8.4 at 4 warps; 2 stages: same at 24x64, slower at 12x128
 
 
 @triton.jit
-def unit_tokens(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr, START, SIZE: tl.constexpr, I64: tl.constexpr):
-    """Raster index of slots START..START+SIZE of unit g, and whether each holds a token (edge units are cut).
-
-    The index is int32, whose address arithmetic costs about half the instructions of int64 (2-6% of the
-    forward kernel's time), unless I64: some token's offset (index * row stride) would pass 2**31."""
+def unit_origin(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr):
+    """Raster index of unit g's first token, and its numbers of token rows and columns (edge units are cut).
+    g may be a vector of units."""
     per_frame = GH * GW
     t = g // per_frame
     r = g - t * per_frame
     uh = r // GW
     uw = r - uh * GW
-    i = START + tl.arange(0, SIZE)
-    hh = uh * WH + i // WW
-    ww = uw * WW + i % WW
-    valid = (i < WH * WW) & (hh < H) & (ww < W)
-    tok = (t * H + hh) * W + ww
+    return (t * H + uh * WH) * W + uw * WW, tl.minimum(H - uh * WH, WH), tl.minimum(W - uw * WW, WW)
+
+
+@triton.jit
+def unit_slots(origin, rows, cols, START, SIZE: tl.constexpr, W, WH: tl.constexpr, WW: tl.constexpr,
+               FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
+    """Raster index of slots START..START+SIZE of the unit at `origin` with `rows` x `cols` tokens, and
+    whether each holds a token: slot i is (row i // WW, column i % WW). With FULL_WIDTH the tokens are the
+    first rows * WW slots, so one comparison decides; otherwise the column is checked too.
+
+    The index is int32, whose address arithmetic costs about half the instructions of int64, unless I64:
+    some token's offset (index * row stride) would pass 2**31."""
+    slot = START + tl.arange(0, SIZE)
+    valid = (slot < WH * WW) & (slot < rows * WW)  # the first is known when compiling: no loads for padding
+    if not FULL_WIDTH:
+        valid = valid & (slot % WW < cols)
+    tok = origin + (slot // WW) * W + slot % WW
     if I64:
         tok = tok.to(tl.int64)
     return tok, valid
+
+
+@triton.jit
+def unit_tokens(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr, START, SIZE: tl.constexpr,
+                FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
+    """`unit_slots` of unit g."""
+    origin, rows, cols = unit_origin(g, H, W, GH, GW, WH, WW)
+    return unit_slots(origin, rows, cols, START, SIZE, W, WH, WW, FULL_WIDTH, I64)
+
+
+@triton.jit
+def pick(values, j, SIZE: tl.constexpr):
+    """values[j] of a small vector held in registers."""
+    return tl.sum(tl.where(tl.arange(0, SIZE) == j, values, 0))
 
 
 @triton.jit
@@ -134,31 +160,19 @@ def store_rows(X, tok, valid, stride_l, value, D: tl.constexpr, BLOCK_D: tl.cons
 
 
 @triton.jit
-def unit_origin(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr):
-    """Raster index of unit g's first token, and its numbers of token rows and columns (edge units are cut)."""
-    per_frame = GH * GW
-    t = g // per_frame
-    r = g - t * per_frame
-    uh = r // GW
-    uw = r - uh * GW
-    return (t * H + uh * WH) * W + uw * WW, tl.minimum(H - uh * WH, WH), tl.minimum(W - uw * WW, WW)
-
-
-@triton.jit
 def forward(Q, K, V, Out, LSE, UNITS,
             sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol,
-            n_heads, G, L, H, W, GH, GW, qk_scale,
+            n_heads, G, H, W, GH, GW, qk_scale,
             N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, D: tl.constexpr,
-            BLOCK_D: tl.constexpr, I64: tl.constexpr, FULL_WIDTH: tl.constexpr, PRECISION: tl.constexpr):
+            BLOCK_D: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
     """One program: BLOCK_M query slots of a unit. Key blocks are (selected unit, BLOCK_N slots of it); Triton
-    pipelines their loads over `num_stages` shared-memory buffers.
+    pipelines their loads over `num_stages` shared-memory buffers. Stores the rows' log-sum-exp (log2) in
+    unit-slot order, +inf where a slot holds no token.
 
     The loop does as little integer work as it can, since instruction issue is what bounds it: where each
-    selected unit starts and how many rows and columns it has are worked out once, before the loop. With
-    FULL_WIDTH (W a multiple of WW, so no unit is cut on the right) a unit's tokens fill the first
-    rows * WW of its slots and a slot is valid when it is below that; otherwise its column is checked too.
-    The mask enters as an additive bias fused with the scale (one FFMA a score)."""
+    selected unit starts and how many rows and columns it has are worked out once, before the loop
+    (`unit_slots`), and the mask enters as an additive bias fused with the scale (one FFMA a score)."""
     g = tl.program_id(0) // (BLOCK // BLOCK_M)
     part = tl.program_id(0) % (BLOCK // BLOCK_M)
     bh, b, h = batch_head(n_heads)
@@ -166,21 +180,15 @@ def forward(Q, K, V, Out, LSE, UNITS,
     V += b * svb + h * svh
     sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
     origin, rows, cols = unit_origin(sel, H, W, GH, GW, WH, WW)
-    limit = rows * WW
-    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, part * BLOCK_M, BLOCK_M, I64)
+    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, part * BLOCK_M, BLOCK_M, FULL_WIDTH, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     denom = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for blk in range(N_SEL * SPLIT):
-        pick = tl.arange(0, SEL_P2) == blk // SPLIT
-        slot = (blk % SPLIT) * BLOCK_N + tl.arange(0, BLOCK_N)
-        valid_k = slot < tl.sum(tl.where(pick, limit, 0))
-        if not FULL_WIDTH:
-            valid_k = valid_k & (slot % WW < tl.sum(tl.where(pick, cols, 0)))
-        tok_k = tl.sum(tl.where(pick, origin, 0)) + (slot // WW) * W + slot % WW
-        if I64:
-            tok_k = tok_k.to(tl.int64)
+        j = blk // SPLIT
+        tok_k, valid_k = unit_slots(pick(origin, j, SEL_P2), pick(rows, j, SEL_P2), pick(cols, j, SEL_P2),
+                                    (blk % SPLIT) * BLOCK_N, BLOCK_N, W, WH, WW, FULL_WIDTH, I64)
         k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
         v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 domain
@@ -192,35 +200,42 @@ def forward(Q, K, V, Out, LSE, UNITS,
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
     store_rows(Out + b * sob + h * soh, tok_q, valid_q, sol, acc / denom[:, None], D, BLOCK_D)
-    tl.store(LSE + bh * L + tok_q, m + tl.math.log2(denom), mask=valid_q)
+    rows_lse = LSE + (bh * G + g) * BLOCK + part * BLOCK_M + tl.arange(0, BLOCK_M)
+    tl.store(rows_lse, tl.where(valid_q, m + tl.math.log2(denom), float("inf")))
 
 
 @triton.jit
 def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
                 sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, sdob, sdoh, sdol,
-                n_heads, G, L, H, W, GH, GW, qk_scale, sm_scale,
-                N_SEL: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
-                D: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
-    """dq of one query unit over its selected units; also stores its rows' delta = sum(o * do)."""
+                n_heads, G, H, W, GH, GW, qk_scale, sm_scale,
+                N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+                D: tl.constexpr, BLOCK_D: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """dq of one query unit over its selected units; also stores its rows' delta = sum(o * do) in unit-slot
+    order (0 where a slot holds no token)."""
     g = tl.program_id(0)
     bh, b, h = batch_head(n_heads)
     K += b * skb + h * skh
     V += b * svb + h * svh
-    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, I64)
+    sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
+    origin, rows, cols = unit_origin(sel, H, W, GH, GW, WH, WW)
+    tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, FULL_WIDTH, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
     do = load_rows(DO + b * sdob + h * sdoh, tok_q, valid_q, sdol, D, BLOCK_D)
     o = load_rows(Out + b * sob + h * soh, tok_q, valid_q, sol, D, BLOCK_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + bh * L + tok_q, delta, mask=valid_q)
-    lse = tl.load(LSE + bh * L + tok_q, mask=valid_q, other=float("inf"))
+    slots = (bh * G + g) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(DELTA + slots, delta)
+    lse = tl.load(LSE + slots)
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    units = UNITS + (bh * G + g) * N_SEL
     for j in range(N_SEL):
-        tok_k, valid_k = unit_tokens(tl.load(units + j), H, W, GH, GW, WH, WW, 0, BLOCK, I64)
+        tok_k, valid_k = unit_slots(pick(origin, j, SEL_P2), pick(rows, j, SEL_P2), pick(cols, j, SEL_P2), 0,
+                                    BLOCK, W, WH, WW, FULL_WIDTH, I64)
         k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
         v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
-        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
-        p = tl.where(valid_k[None, :], p, 0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s += tl.where(valid_k, 0.0, float("-inf"))[None, :]
+        p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -230,28 +245,32 @@ def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
 @triton.jit
 def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
                   sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdob, sdoh, sdol,
-                  n_heads, G, L, H, W, GH, GW, qk_scale, sm_scale,
-                  WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
-                  D: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
-    """dk and dv of one key unit, summed over the query units that selected it (the READERS list)."""
+                  n_heads, G, H, W, GH, GW, qk_scale, sm_scale,
+                  WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr,
+                  BLOCK_D: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
+    """dk and dv of one key unit, summed over the query units that selected it (the READERS list).
+
+    Key slots that hold no token are not masked: their k and v load as zeros, and row i of dk and dv depends
+    on row i of the scores alone, so whatever those rows hold is never stored."""
     u = tl.program_id(0)
     bh, b, h = batch_head(n_heads)
     Q += b * sqb + h * sqh
     DO += b * sdob + h * sdoh
-    tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, 0, BLOCK, I64)
+    tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, 0, BLOCK, FULL_WIDTH, I64)
     k = load_rows(K + b * skb + h * skh, tok_k, valid_k, skl, D, BLOCK_D)
     v = load_rows(V + b * svb + h * svh, tok_k, valid_k, svl, D, BLOCK_D)
     dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     start = tl.load(STARTS + bh * G + u)
     for i in range(tl.load(COUNTS + bh * G + u)):
-        tok_q, valid_q = unit_tokens(tl.load(READERS + start + i), H, W, GH, GW, WH, WW, 0, BLOCK, I64)
+        reader = tl.load(READERS + start + i)
+        tok_q, valid_q = unit_tokens(reader, H, W, GH, GW, WH, WW, 0, BLOCK, FULL_WIDTH, I64)
         q = load_rows(Q, tok_q, valid_q, sql, D, BLOCK_D)
         do = load_rows(DO, tok_q, valid_q, sdol, D, BLOCK_D)
-        lse = tl.load(LSE + bh * L + tok_q, mask=valid_q, other=float("inf"))
-        delta = tl.load(DELTA + bh * L + tok_q, mask=valid_q, other=0.0)
+        slots = (bh * G + reader) * BLOCK + tl.arange(0, BLOCK)
+        lse = tl.load(LSE + slots)  # +inf where no token: those columns of pt are 0
+        delta = tl.load(DELTA + slots)
         pt = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
-        pt = tl.where(valid_k[:, None], pt, 0.0)  # (keys, queries)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
         dst = pt * (tl.dot(v, tl.trans(do), input_precision=PRECISION) - delta[None, :])
         dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
@@ -262,11 +281,11 @@ def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
 @triton.jit
 def means(Q, K, QM, KM, sqb, sqh, sql, skb, skh, skl, n_heads, G, H, W, GH, GW,
           WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-          I64: tl.constexpr):
+          FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
     """Mean query and mean key of one unit, summed in float32."""
     g = tl.program_id(0)
     bh, b, h = batch_head(n_heads)
-    tok, valid = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, I64)
+    tok, valid = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, FULL_WIDTH, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok, valid, sql, D, BLOCK_D).to(tl.float32)
     k = load_rows(K + b * skb + h * skh, tok, valid, skl, D, BLOCK_D).to(tl.float32)
     count = tl.sum(valid.to(tl.float32), 0)
@@ -373,16 +392,16 @@ def select_units(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple
 
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry) -> tuple[Tensor, Tensor]:
-    B, n, L, _ = q.shape
+    """Output and the rows' log-sum-exp (log2), the latter (B, heads, G * BLOCK) in unit-slot order."""
+    B, n = q.shape[:2]
     o = torch.empty_like(q)
-    lse = torch.empty(B, n, L, dtype=torch.float32, device=q.device)
+    lse = torch.empty(B, n, geo.G * geo.BLOCK, dtype=torch.float32, device=q.device)
     scale = geo.D ** -0.5
     n_sel, launch = units.shape[-1], geo.launch("forward")
     forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], B * n)](
         q, k, v, o, lse, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        n, geo.G, L, *geo.sizes(), scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel),
-        SPLIT=geo.BLOCK // launch["BLOCK_N"], FULL_WIDTH=geo.W % geo.WW == 0, PRECISION=_precision(q),
-        **geo.constants(q, k, v, o), **launch)
+        n, geo.G, *geo.sizes(), scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel),
+        SPLIT=geo.BLOCK // launch["BLOCK_N"], PRECISION=_precision(q), **geo.constants(q, k, v, o), **launch)
     return o, lse
 
 
@@ -404,7 +423,7 @@ def readers(units: Tensor, G: int) -> tuple[Tensor, Tensor, Tensor]:
 
 def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, units: Tensor,
               geo: Geometry) -> tuple[Tensor, Tensor, Tensor]:
-    B, n, L, _ = q.shape
+    B, n = q.shape[:2]
     do = _rows_contiguous(do)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
@@ -412,11 +431,12 @@ def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tenso
     shape = dict(PRECISION=_precision(q), **geo.constants(q, k, v, o, do), **geo.launch("backward"))
     backward_dq[(geo.G, B * n)](
         q, k, v, o, do, dq, lse, delta, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        *_strides(do), n, geo.G, L, *geo.sizes(), scale * LOG2E, scale, N_SEL=units.shape[-1], **shape)
+        *_strides(do), n, geo.G, *geo.sizes(), scale * LOG2E, scale, N_SEL=units.shape[-1],
+        SEL_P2=_pow2(units.shape[-1]), **shape)
     query, starts, counts = readers(units, geo.G)
     backward_dkdv[(geo.G, B * n)](
         q, k, v, do, dk, dv, lse, delta, query, starts, counts, *_strides(q), *_strides(k), *_strides(v),
-        *_strides(do), n, geo.G, L, *geo.sizes(), scale * LOG2E, scale, **shape)
+        *_strides(do), n, geo.G, *geo.sizes(), scale * LOG2E, scale, **shape)
     return dq, dk, dv
 
 
