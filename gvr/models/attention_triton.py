@@ -130,6 +130,28 @@ def pick(values, j, SIZE: tl.constexpr):
 
 
 @triton.jit
+def selected_units(UNITS, bh, g, G, H, W, GH, GW, N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr,
+                   WW: tl.constexpr):
+    """`unit_origin` of every unit that query unit g selected, worked out once per program (vectors of SEL_P2)."""
+    sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
+    return unit_origin(sel, H, W, GH, GW, WH, WW)
+
+
+@triton.jit
+def selected_slots(origin, rows, cols, j, START, SIZE: tl.constexpr, SEL_P2: tl.constexpr, W, WH: tl.constexpr,
+                   WW: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
+    """`unit_slots` of the j-th selected unit, from `selected_units`."""
+    return unit_slots(pick(origin, j, SEL_P2), pick(rows, j, SEL_P2), pick(cols, j, SEL_P2), START, SIZE, W, WH, WW,
+                      FULL_WIDTH, I64)
+
+
+@triton.jit
+def key_mask(valid_k):
+    """Additive score bias of a key block: 0 where a slot holds a token, -inf elsewhere."""
+    return tl.where(valid_k, 0.0, float("-inf"))[None, :]
+
+
+@triton.jit
 def batch_head(n_heads):
     """The program's (batch x head) index along grid axis 1, and its batch and head."""
     bh = tl.program_id(1).to(tl.int64)
@@ -178,8 +200,7 @@ def forward(Q, K, V, Out, LSE, UNITS,
     bh, b, h = batch_head(n_heads)
     K += b * skb + h * skh
     V += b * svb + h * svh
-    sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
-    origin, rows, cols = unit_origin(sel, H, W, GH, GW, WH, WW)
+    origin, rows, cols = selected_units(UNITS, bh, g, G, H, W, GH, GW, N_SEL, SEL_P2, WH, WW)
     tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, part * BLOCK_M, BLOCK_M, FULL_WIDTH, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -187,12 +208,12 @@ def forward(Q, K, V, Out, LSE, UNITS,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for blk in range(N_SEL * SPLIT):
         j = blk // SPLIT
-        tok_k, valid_k = unit_slots(pick(origin, j, SEL_P2), pick(rows, j, SEL_P2), pick(cols, j, SEL_P2),
-                                    (blk % SPLIT) * BLOCK_N, BLOCK_N, W, WH, WW, FULL_WIDTH, I64)
+        tok_k, valid_k = selected_slots(origin, rows, cols, j, (blk % SPLIT) * BLOCK_N, BLOCK_N, SEL_P2, W, WH, WW,
+                                        FULL_WIDTH, I64)
         k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
         v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 domain
-        s += tl.where(valid_k, 0.0, float("-inf"))[None, :]
+        s += key_mask(valid_k)
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.math.exp2(m - m_new)
         p = tl.math.exp2(s - m_new[:, None])
@@ -217,8 +238,7 @@ def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
     bh, b, h = batch_head(n_heads)
     K += b * skb + h * skh
     V += b * svb + h * svh
-    sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
-    origin, rows, cols = unit_origin(sel, H, W, GH, GW, WH, WW)
+    origin, rows, cols = selected_units(UNITS, bh, g, G, H, W, GH, GW, N_SEL, SEL_P2, WH, WW)
     tok_q, valid_q = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, FULL_WIDTH, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok_q, valid_q, sql, D, BLOCK_D)
     do = load_rows(DO + b * sdob + h * sdoh, tok_q, valid_q, sdol, D, BLOCK_D)
@@ -229,12 +249,11 @@ def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
     lse = tl.load(LSE + slots)
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     for j in range(N_SEL):
-        tok_k, valid_k = unit_slots(pick(origin, j, SEL_P2), pick(rows, j, SEL_P2), pick(cols, j, SEL_P2), 0,
-                                    BLOCK, W, WH, WW, FULL_WIDTH, I64)
+        tok_k, valid_k = selected_slots(origin, rows, cols, j, 0, BLOCK, SEL_P2, W, WH, WW, FULL_WIDTH, I64)
         k = load_rows(K, tok_k, valid_k, skl, D, BLOCK_D)
         v = load_rows(V, tok_k, valid_k, svl, D, BLOCK_D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        s += tl.where(valid_k, 0.0, float("-inf"))[None, :]
+        s += key_mask(valid_k)
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
