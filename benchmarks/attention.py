@@ -111,7 +111,7 @@ def triton_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
             "means_ms": timer(lambda: TK.unit_means(q, k, grid, UNIT_WINDOW), (), False),
             "select_ms": timer(lambda: TK.select_units(q, k, grid, UNIT_WINDOW, topk), (), False),
             "layout_ms": 0.0,
-            "kernel_ms": timer(lambda: TK._forward(q, k, v, units, geo), (), False),
+            "kernel_ms": timer(lambda: TK._forward(q, k, v, units, geo, lse=False), (), False),  # as at inference
         }
     parts["pick_ms"] = max(parts["select_ms"] - parts["means_ms"], 0.0)
     return parts

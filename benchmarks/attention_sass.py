@@ -2,13 +2,14 @@
 
 Compiles `gvr.models.attention_triton.forward` for Hopper with the installed Triton and its bundled
 ptxas and nvdisasm. It prints:
+- the number of SASS instructions per warp outside the key-block loop and per program;
 - the number of SASS instructions per warp in one key block of the loop, by class (integer, float,
   exp2, tensor core, spills);
 - the registers and stack ptxas gave it;
 - whether ptxas serialised the wgmma instructions (its C7511/C7512 notes).
 
-The integer arguments that the launcher's specialisation makes divisible by 16 at 1080p (the strides,
-G, L) are declared so here, as they are at run time; the others are plain int32.
+The strides, which the launcher's specialisation finds divisible by 16 at 1080p, are declared so here, as
+they are at run time; the grid's sizes are compile-time constants, as in `Geometry.constants`.
 
     python benchmarks/attention_sass.py --head-dim 64 --warps 8 --block-n 128 --maxnreg 128
 """
@@ -18,11 +19,13 @@ from __future__ import annotations
 import argparse
 import collections
 import inspect
+import math
 import os
 import re
 import subprocess
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -37,16 +40,19 @@ CLASSES = {
     "wgmma": {"HGMMA"},
     "spill": {"LDL", "STL"},
 }
-DIVISIBLE = {"sqb", "sqh", "sql", "skb", "skh", "skl", "svb", "svh", "svl", "sob", "soh", "sol", "G", "L"}
+DIVISIBLE = {"sqb", "sqh", "sql", "skb", "skh", "skl", "svb", "svh", "svl", "sob", "soh", "sol"}
 POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "LSE": "*fp32", "UNITS": "*i32"}
 
 
 def compile_forward(head_dim: int, n_sel: int, block_n: int, warps: int, stages: int, maxnreg: int,
-                    full_width: bool):
+                    full_width: bool, lse: bool = True):
+    """The forward for 24 heads on the 77-frame 1080p grid (a width of 116 tokens when not `full_width`)."""
+    grid = (20, 68, 120 if full_width else 116)
+    geo = TK.Geometry(grid, (9, 12), head_dim)
+    x = torch.empty(1, 24, math.prod(grid), head_dim, device="meta")
     names = list(inspect.signature(TK.forward.fn).parameters)
-    consts = {"N_SEL": n_sel, "SEL_P2": TK._pow2(n_sel), "WH": 9, "WW": 12, "BLOCK": 128, "BLOCK_M": 128,
-              "BLOCK_N": block_n, "SPLIT": 128 // block_n, "D": head_dim, "BLOCK_D": TK._pow2(head_dim, 16),
-              "I64": False, "FULL_WIDTH": full_width, "PRECISION": "tf32"}
+    consts = {**geo.constants(x), "N_SEL": n_sel, "SEL_P2": TK._pow2(n_sel), "BLOCK_M": geo.BLOCK,
+              "BLOCK_N": block_n, "SPLIT": geo.BLOCK // block_n, "PRECISION": "tf32", "STORE_LSE": lse}
     signature = {n: "constexpr" if n in consts else POINTERS.get(n, "fp32" if n == "qk_scale" else "i32")
                  for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in DIVISIBLE or n in POINTERS}
@@ -117,21 +123,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", type=int, default=None)
     parser.add_argument("--maxnreg", type=int, default=None, help="0: no cap")
     parser.add_argument("--general", action="store_true", help="grid width not a multiple of the unit's")
+    parser.add_argument("--inference", action="store_true", help="the forward without the log-sum-exp")
     args = parser.parse_args(argv)
     launch = TK.Geometry((20, 68, 120), (9, 12), args.head_dim).launch("forward")
     settings = {"block_n": args.block_n or launch["BLOCK_N"], "warps": args.warps or launch["num_warps"],
                 "stages": args.stages or launch["num_stages"],
                 "maxnreg": launch["maxnreg"] if args.maxnreg is None else args.maxnreg}
-    kernel = compile_forward(args.head_dim, 1 + args.topk, full_width=not args.general, **settings)
-    loop = key_block_loop(*instructions(kernel.asm["cubin"]))
+    kernel = compile_forward(args.head_dim, 1 + args.topk, full_width=not args.general, lse=not args.inference,
+                             **settings)
+    instrs, labels = instructions(kernel.asm["cubin"])
+    loop = key_block_loop(instrs, labels)
     ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0].split(".")[0] for ins in loop)
     by_class = {name: sum(ops[op] for op in members) for name, members in CLASSES.items()}
     used, notes = ptxas_notes(kernel.asm["ptx"])
     print(f"triton {triton.__version__}, sm_90a, head dim {args.head_dim}, {settings}, "
-          f"{'general' if args.general else 'full-width'} grid")
+          f"{'general' if args.general else 'full-width'} grid{', inference' if args.inference else ''}")
     print(f"ptxas: {used}")
     for note in notes:
         print(f"ptxas: {note}")
+    blocks = (1 + args.topk) * (128 // settings["block_n"])
+    print(f"whole kernel: {len(instrs) - len(loop)} instructions per warp outside the key-block loop, "
+          f"{len(instrs) - len(loop) + blocks * len(loop)} per program with its {blocks} key blocks")
     print(f"key-block loop: {len(loop)} instructions per warp: " + ", ".join(f"{k} {v}" for k, v in by_class.items()))
     print("by opcode: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
 

@@ -57,16 +57,17 @@ class Geometry:
         self.BLOCK = _pow2(self.WH * self.WW, 16)
         self.BLOCK_D = _pow2(head_dim, 16)
 
-    def sizes(self) -> tuple[int, int, int, int]:
-        """The runtime arguments (H, W, GH, GW) of every kernel."""
-        return self.H, self.W, self.GH, self.GW
-
     def constants(self, *tensors: Tensor) -> dict:
-        """The compile-time arguments shared by every kernel. FULL_WIDTH: W is a multiple of WW, so no unit
-        is cut on the right and a unit's tokens fill the first rows * WW of its slots. I64: a token offset
-        into one of the (B, heads, L, D) `tensors` it reads or writes could pass 2**31 (int32 otherwise)."""
+        """The compile-time arguments shared by every kernel.
+
+        The grid's sizes are among them, so that dividing a unit index into frame, row and column is a
+        multiply and a shift rather than a run-time integer division (one compile per grid shape; a model
+        sees a handful). FULL_WIDTH: W is a multiple of WW, so no unit is cut on the right and a unit's
+        tokens fill the first rows * WW of its slots. I64: a token offset into one of the (B, heads, L, D)
+        `tensors` it reads or writes could pass 2**31 (int32 otherwise)."""
         i64 = self.T * self.H * self.W * max(x.stride(2) for x in tensors) >= 2**31
-        return {"WH": self.WH, "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D,
+        return {"G": self.G, "H": self.H, "W": self.W, "GH": self.GH, "GW": self.GW, "WH": self.WH,
+                "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D,
                 "FULL_WIDTH": self.W % self.WW == 0, "I64": i64}
 
     def launch(self, kernel: str) -> dict:
@@ -85,19 +86,19 @@ class Geometry:
 
 
 @triton.jit
-def unit_origin(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr):
+def unit_origin(g, H: tl.constexpr, W: tl.constexpr, GH: tl.constexpr, GW: tl.constexpr, WH: tl.constexpr,
+                WW: tl.constexpr):
     """Raster index of unit g's first token, and its numbers of token rows and columns (edge units are cut).
     g may be a vector of units."""
-    per_frame = GH * GW
-    t = g // per_frame
-    r = g - t * per_frame
+    t = g // (GH * GW)
+    r = g - t * (GH * GW)
     uh = r // GW
     uw = r - uh * GW
     return (t * H + uh * WH) * W + uw * WW, tl.minimum(H - uh * WH, WH), tl.minimum(W - uw * WW, WW)
 
 
 @triton.jit
-def unit_slots(origin, rows, cols, START, SIZE: tl.constexpr, W, WH: tl.constexpr, WW: tl.constexpr,
+def unit_slots(origin, rows, cols, START, SIZE: tl.constexpr, W: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
                FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
     """Raster index of slots START..START+SIZE of the unit at `origin` with `rows` x `cols` tokens, and
     whether each holds a token: slot i is (row i // WW, column i % WW). With FULL_WIDTH the tokens are the
@@ -116,8 +117,8 @@ def unit_slots(origin, rows, cols, START, SIZE: tl.constexpr, W, WH: tl.constexp
 
 
 @triton.jit
-def unit_tokens(g, H, W, GH, GW, WH: tl.constexpr, WW: tl.constexpr, START, SIZE: tl.constexpr,
-                FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
+def unit_tokens(g, H: tl.constexpr, W: tl.constexpr, GH: tl.constexpr, GW: tl.constexpr, WH: tl.constexpr,
+                WW: tl.constexpr, START, SIZE: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
     """`unit_slots` of unit g."""
     origin, rows, cols = unit_origin(g, H, W, GH, GW, WH, WW)
     return unit_slots(origin, rows, cols, START, SIZE, W, WH, WW, FULL_WIDTH, I64)
@@ -130,16 +131,16 @@ def pick(values, j, SIZE: tl.constexpr):
 
 
 @triton.jit
-def selected_units(UNITS, bh, g, G, H, W, GH, GW, N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr,
-                   WW: tl.constexpr):
+def selected_units(UNITS, bh, g, G: tl.constexpr, H: tl.constexpr, W: tl.constexpr, GH: tl.constexpr,
+                   GW: tl.constexpr, N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr):
     """`unit_origin` of every unit that query unit g selected, worked out once per program (vectors of SEL_P2)."""
     sel = tl.load(UNITS + (bh * G + g) * N_SEL + tl.arange(0, SEL_P2), mask=tl.arange(0, SEL_P2) < N_SEL, other=0)
     return unit_origin(sel, H, W, GH, GW, WH, WW)
 
 
 @triton.jit
-def selected_slots(origin, rows, cols, j, START, SIZE: tl.constexpr, SEL_P2: tl.constexpr, W, WH: tl.constexpr,
-                   WW: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
+def selected_slots(origin, rows, cols, j, START, SIZE: tl.constexpr, SEL_P2: tl.constexpr, W: tl.constexpr,
+                   WH: tl.constexpr, WW: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
     """`unit_slots` of the j-th selected unit, from `selected_units`."""
     return unit_slots(pick(origin, j, SEL_P2), pick(rows, j, SEL_P2), pick(cols, j, SEL_P2), START, SIZE, W, WH, WW,
                       FULL_WIDTH, I64)
@@ -152,10 +153,11 @@ def key_mask(valid_k):
 
 
 @triton.jit
-def batch_head(n_heads):
-    """The program's (batch x head) index along grid axis 1, and its batch and head."""
-    bh = tl.program_id(1).to(tl.int64)
-    return bh, bh // n_heads, bh % n_heads
+def batch_head():
+    """The program's head (grid axis 1) and batch (axis 2), and their joint index b * heads + h."""
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    return b * tl.num_programs(1) + h, b, h
 
 
 @triton.jit
@@ -183,21 +185,25 @@ def store_rows(X, tok, valid, stride_l, value, D: tl.constexpr, BLOCK_D: tl.cons
 
 @triton.jit
 def forward(Q, K, V, Out, LSE, UNITS,
-            sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol,
-            n_heads, G, H, W, GH, GW, qk_scale,
+            sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, qk_scale,
+            G: tl.constexpr, H: tl.constexpr, W: tl.constexpr, GH: tl.constexpr, GW: tl.constexpr,
             N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, D: tl.constexpr,
-            BLOCK_D: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
+            BLOCK_D: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr,
+            STORE_LSE: tl.constexpr):
     """One program: BLOCK_M query slots of a unit. Key blocks are (selected unit, BLOCK_N slots of it); Triton
-    pipelines their loads over `num_stages` shared-memory buffers. Stores the rows' log-sum-exp (log2) in
-    unit-slot order, +inf where a slot holds no token.
+    pipelines their loads over `num_stages` shared-memory buffers. With STORE_LSE it also stores the rows'
+    log-sum-exp (log2) in unit-slot order, +inf where a slot holds no token.
 
-    The loop does as little integer work as it can, since instruction issue is what bounds it: where each
-    selected unit starts and how many rows and columns it has are worked out once, before the loop
-    (`unit_slots`), and the mask enters as an additive bias fused with the scale (one FFMA a score)."""
+    The work outside the loop costs about as many instructions as one key block, so it is kept small too:
+    - the grid's sizes are compile-time constants, so dividing a unit index is a multiply and a shift;
+    - where each selected unit starts and how many rows and columns it has are worked out once, before the
+      loop (`unit_slots`); the mask enters as an additive bias fused with the scale (one FFMA a score);
+    - the output is scaled by one reciprocal per row, not divided per element;
+    - without STORE_LSE (inference) the log-sum-exp, its log2 and its store are left out."""
     g = tl.program_id(0) // (BLOCK // BLOCK_M)
     part = tl.program_id(0) % (BLOCK // BLOCK_M)
-    bh, b, h = batch_head(n_heads)
+    bh, b, h = batch_head()
     K += b * skb + h * skh
     V += b * svb + h * svh
     origin, rows, cols = selected_units(UNITS, bh, g, G, H, W, GH, GW, N_SEL, SEL_P2, WH, WW)
@@ -220,22 +226,23 @@ def forward(Q, K, V, Out, LSE, UNITS,
         denom = denom * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
-    store_rows(Out + b * sob + h * soh, tok_q, valid_q, sol, acc / denom[:, None], D, BLOCK_D)
-    rows_lse = LSE + (bh * G + g) * BLOCK + part * BLOCK_M + tl.arange(0, BLOCK_M)
-    tl.store(rows_lse, tl.where(valid_q, m + tl.math.log2(denom), float("inf")))
+    store_rows(Out + b * sob + h * soh, tok_q, valid_q, sol, acc * (1.0 / denom)[:, None], D, BLOCK_D)
+    if STORE_LSE:  # for the backward
+        rows_lse = LSE + (bh * G + g) * BLOCK + part * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(rows_lse, tl.where(valid_q, m + tl.math.log2(denom), float("inf")))
 
 
 @triton.jit
 def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
-                sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, sdob, sdoh, sdol,
-                n_heads, G, H, W, GH, GW, qk_scale, sm_scale,
+                sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, sdob, sdoh, sdol, qk_scale, sm_scale,
+                G: tl.constexpr, H: tl.constexpr, W: tl.constexpr, GH: tl.constexpr, GW: tl.constexpr,
                 N_SEL: tl.constexpr, SEL_P2: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
                 D: tl.constexpr, BLOCK_D: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr,
                 PRECISION: tl.constexpr):
     """dq of one query unit over its selected units; also stores its rows' delta = sum(o * do) in unit-slot
     order (0 where a slot holds no token)."""
     g = tl.program_id(0)
-    bh, b, h = batch_head(n_heads)
+    bh, b, h = batch_head()
     K += b * skb + h * skh
     V += b * svb + h * svh
     origin, rows, cols = selected_units(UNITS, bh, g, G, H, W, GH, GW, N_SEL, SEL_P2, WH, WW)
@@ -263,8 +270,8 @@ def backward_dq(Q, K, V, Out, DO, DQ, LSE, DELTA, UNITS,
 
 @triton.jit
 def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
-                  sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdob, sdoh, sdol,
-                  n_heads, G, H, W, GH, GW, qk_scale, sm_scale,
+                  sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdob, sdoh, sdol, qk_scale, sm_scale,
+                  G: tl.constexpr, H: tl.constexpr, W: tl.constexpr, GH: tl.constexpr, GW: tl.constexpr,
                   WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr,
                   BLOCK_D: tl.constexpr, FULL_WIDTH: tl.constexpr, I64: tl.constexpr, PRECISION: tl.constexpr):
     """dk and dv of one key unit, summed over the query units that selected it (the READERS list).
@@ -272,7 +279,7 @@ def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
     Key slots that hold no token are not masked: their k and v load as zeros, and row i of dk and dv depends
     on row i of the scores alone, so whatever those rows hold is never stored."""
     u = tl.program_id(0)
-    bh, b, h = batch_head(n_heads)
+    bh, b, h = batch_head()
     Q += b * sqb + h * sqh
     DO += b * sdob + h * sdoh
     tok_k, valid_k = unit_tokens(u, H, W, GH, GW, WH, WW, 0, BLOCK, FULL_WIDTH, I64)
@@ -298,12 +305,13 @@ def backward_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, READERS, STARTS, COUNTS,
 
 
 @triton.jit
-def means(Q, K, QM, KM, sqb, sqh, sql, skb, skh, skl, n_heads, G, H, W, GH, GW,
+def means(Q, K, QM, KM, sqb, sqh, sql, skb, skh, skl,
+          G: tl.constexpr, H: tl.constexpr, W: tl.constexpr, GH: tl.constexpr, GW: tl.constexpr,
           WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
           FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
     """Mean query and mean key of one unit, summed in float32."""
     g = tl.program_id(0)
-    bh, b, h = batch_head(n_heads)
+    bh, b, h = batch_head()
     tok, valid = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, FULL_WIDTH, I64)
     q = load_rows(Q + b * sqb + h * sqh, tok, valid, sql, D, BLOCK_D).to(tl.float32)
     k = load_rows(K + b * skb + h * skh, tok, valid, skl, D, BLOCK_D).to(tl.float32)
@@ -383,8 +391,7 @@ def unit_means(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple[i
     geo = Geometry(grid, window, q.shape[-1])
     B, n = q.shape[:2]
     qm, km = (torch.empty(B, n, geo.G, geo.D, dtype=x.dtype, device=x.device) for x in (q, k))
-    means[(geo.G, B * n)](q, k, qm, km, *_strides(q), *_strides(k), n, geo.G, *geo.sizes(), **geo.constants(q, k),
-                          **geo.launch("means"))
+    means[(geo.G, n, B)](q, k, qm, km, *_strides(q), *_strides(k), **geo.constants(q, k), **geo.launch("means"))
     return qm, km
 
 
@@ -410,18 +417,20 @@ def select_units(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple
     return units
 
 
-def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry) -> tuple[Tensor, Tensor]:
-    """Output and the rows' log-sum-exp (log2), the latter (B, heads, G * BLOCK) in unit-slot order."""
+def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry,
+             lse: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Output and, if `lse`, the rows' log-sum-exp (log2) for the backward, (B, heads, G * BLOCK) in unit-slot
+    order."""
     B, n = q.shape[:2]
     o = torch.empty_like(q)
-    lse = torch.empty(B, n, geo.G * geo.BLOCK, dtype=torch.float32, device=q.device)
+    rows_lse = torch.empty(B, n, geo.G * geo.BLOCK, dtype=torch.float32, device=q.device) if lse else None
     scale = geo.D ** -0.5
     n_sel, launch = units.shape[-1], geo.launch("forward")
-    forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], B * n)](
-        q, k, v, o, lse, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        n, geo.G, *geo.sizes(), scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel),
-        SPLIT=geo.BLOCK // launch["BLOCK_N"], PRECISION=_precision(q), **geo.constants(q, k, v, o), **launch)
-    return o, lse
+    forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], n, B)](
+        q, k, v, o, rows_lse if lse else o, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel), SPLIT=geo.BLOCK // launch["BLOCK_N"],
+        PRECISION=_precision(q), STORE_LSE=lse, **geo.constants(q, k, v, o), **launch)
+    return o, rows_lse
 
 
 def readers(units: Tensor, G: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -448,14 +457,14 @@ def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tenso
     delta = torch.empty_like(lse)
     scale = geo.D ** -0.5
     shape = dict(PRECISION=_precision(q), **geo.constants(q, k, v, o, do), **geo.launch("backward"))
-    backward_dq[(geo.G, B * n)](
+    backward_dq[(geo.G, n, B)](
         q, k, v, o, do, dq, lse, delta, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        *_strides(do), n, geo.G, *geo.sizes(), scale * LOG2E, scale, N_SEL=units.shape[-1],
+        *_strides(do), scale * LOG2E, scale, N_SEL=units.shape[-1],
         SEL_P2=_pow2(units.shape[-1]), **shape)
     query, starts, counts = readers(units, geo.G)
-    backward_dkdv[(geo.G, B * n)](
+    backward_dkdv[(geo.G, n, B)](
         q, k, v, do, dk, dv, lse, delta, query, starts, counts, *_strides(q), *_strides(k), *_strides(v),
-        *_strides(do), n, geo.G, *geo.sizes(), scale * LOG2E, scale, **shape)
+        *_strides(do), scale * LOG2E, scale, **shape)
     return dq, dk, dv
 
 
@@ -475,8 +484,13 @@ class _SparseLocal(torch.autograd.Function):
 
 def sparse_local(q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int, int], window: tuple[int, int],
                  units: Tensor) -> Tensor:
-    """Sparse local attention of q, k, v (B, heads, L, D) over the selected `units` (B, heads, G, 1 + k)."""
+    """Sparse local attention of q, k, v (B, heads, L, D) over the selected `units` (B, heads, G, 1 + k).
+
+    Where no gradient is wanted (inference), the forward skips the log-sum-exp the backward would need."""
     check(q, window)
     q, k, v = (_rows_contiguous(x) for x in (q, k, v))
     units = units.to(torch.int32).contiguous()
-    return _SparseLocal.apply(q, k, v, units, Geometry(grid, window, q.shape[-1]))
+    geo = Geometry(grid, window, q.shape[-1])
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        return _SparseLocal.apply(q, k, v, units, geo)
+    return _forward(q, k, v, units, geo, lse=False)[0]

@@ -48,6 +48,9 @@ def check_against_reference(TK, grid, window, topk, q, k, v, tol):
     for name, f, r in zip(("out", "dq", "dk", "dv"), fast, ref):
         assert f.dtype == q.dtype and f.shape == r.shape
         assert rel_err(f, r) < tol, name
+    with torch.no_grad():  # inference: the forward without the log-sum-exp, same output
+        inferred = TK.sparse_local(q, k, v, grid, window, units)
+    assert not inferred.requires_grad and rel_err(inferred, fast[0]) < 1e-6
 
 
 @pytest.mark.parametrize("grid, window, topk", [
