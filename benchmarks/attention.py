@@ -11,7 +11,10 @@ flash-attention's convention); padding and skipped work do not count. Sparse loc
 split into `select_ms` (unit means, scores, top-k, and for FlexAttention the BlockMask), `layout_ms`
 (FlexAttention only: tiling q, k, v and untiling the output; the Triton kernels read tokens in place),
 `kernel_ms` (the attention kernel alone), with `selection_overhead` = select_ms / (layout_ms +
-kernel_ms), the attention work it enables, and `kernel_effective_tflops`.
+kernel_ms), the attention work it enables, and `kernel_effective_tflops`. On the Triton path it also
+times the DiT's RoPE pass over q and k with and without the unit means it can yield, and whole
+layers (rotation, selection, attention); `fused_selection_overhead` is the selection's share of the
+kernel when the means come from that pass (`triton_breakdown`).
 
     python benchmarks/attention.py   # -> benchmarks/results/attention-<device>.json
     python benchmarks/attention.py --profile sparse_local_top1 --grids 20x68x120 --heads 24x64  # kernel table
@@ -101,19 +104,38 @@ def sparse_breakdown(q, k, v, grid, topk: int, backend: str) -> dict[str, float]
 
 
 def triton_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
-    """The Triton path reads tokens in place: unit means, the pick, then one kernel; no layout pass."""
+    """The Triton path reads tokens in place: unit means, the pick, then one kernel; no layout pass.
+
+    In the DiT, q and k arrive unrotated with their RoPE table, and the rotation pass, tiled by units, also
+    yields the unit means (`attention(..., rope=)`). `rope_ms` is that rotation without means (the DiT's
+    other layers), `rope_means_ms` with them, `rope_torch_ms` the plain torch rotation they replace;
+    `fused_select_ms` = what the means add to the rotation + the pick, and `fused_selection_overhead` its
+    share of the kernel. `layer_ms` / `layer_unfused_ms`: rotation, selection and attention together, with
+    the means from the rotation pass / from a pass of their own."""
     from gvr.models import attention_triton as TK
+    from gvr.models.rope import apply_rope, rope_table
 
     units = TK.select_units(q, k, grid, UNIT_WINDOW, topk)
     geo = TK.Geometry(grid, UNIT_WINDOW, q.shape[-1])
+    rope = rope_table(grid, q.shape[-1], 10000.0, q.device)
+    qm, km = TK.unit_means(q, k, grid, UNIT_WINDOW)
     with torch.no_grad():
         parts = {
             "means_ms": timer(lambda: TK.unit_means(q, k, grid, UNIT_WINDOW), (), False),
             "select_ms": timer(lambda: TK.select_units(q, k, grid, UNIT_WINDOW, topk), (), False),
+            "pick_ms": timer(lambda: TK.select_from_means(qm, km, topk), (), False),
             "layout_ms": 0.0,
             "kernel_ms": timer(lambda: TK._forward(q, k, v, units, geo, lse=False), (), False),  # as at inference
+            "rope_torch_ms": timer(lambda: (apply_rope(q, rope), apply_rope(k, rope)), (), False),
+            "rope_ms": timer(lambda: TK.rope(q, k, rope), (), False),
+            "rope_means_ms": timer(lambda: TK.rope_with_means(q, k, rope, grid, UNIT_WINDOW), (), False),
+            "layer_ms": timer(lambda: A.attention(q, k, v, grid, "sparse_local", window=UNIT_WINDOW, topk=topk,
+                                                  rope=rope), (), False),
+            "layer_unfused_ms": timer(lambda: A.sparse_local_attention(*TK.rope(q, k, rope), v, grid, UNIT_WINDOW,
+                                                                       topk), (), False),
         }
-    parts["pick_ms"] = max(parts["select_ms"] - parts["means_ms"], 0.0)
+    parts["fused_select_ms"] = max(parts["rope_means_ms"] - parts["rope_ms"], 0.0) + parts["pick_ms"]
+    parts["fused_selection_overhead"] = parts["fused_select_ms"] / parts["kernel_ms"]
     return parts
 
 
@@ -230,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
 def write_result(out: Path, device: str, command: str, metrics: dict[str, float]) -> None:
     """The result file of DESIGN.md section 5, with the goal case's figures repeated under `goal.`."""
     goal = {f"goal.{name}": metrics[f"{GOAL}.fwd.{name}"]
-            for name in ("speedup_vs_sdpa", "effective_tflops", "selection_overhead", "kernel_effective_tflops")
+            for name in ("speedup_vs_sdpa", "effective_tflops", "selection_overhead", "fused_selection_overhead",
+                         "kernel_effective_tflops")
             if f"{GOAL}.fwd.{name}" in metrics}
     result = {
         "benchmark": "attention",

@@ -413,16 +413,28 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid,
 
 
 def sparse_local_attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid,
-                           window: tuple[int, int] = DEFAULT_UNIT_WINDOW, topk: int = 1) -> Tensor:
+                           window: tuple[int, int] = DEFAULT_UNIT_WINDOW, topk: int = 1,
+                           rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Each `(wh, ww)` unit of a frame attends to itself plus its `topk` most relevant units of the whole video.
 
     Relevance is <mean query of the unit, mean key of the other unit>, per head (`select_units`).
+    With `rope`, (cos, sin) tables (L, D/2), q and k are first rotated by it (`gvr.models.rope`); the
+    Triton backend then takes the unit means from that rotation pass instead of reading q and k once more.
     """
     _check(q, k, v, grid)
     window = _check_sizes("window", window, 2)
     if topk < 0:
         raise ConfigError(f"attention topk must be >= 0, got {topk}")
     backend = _choose("sparse_local", q, window[0] * window[1])
+    if rope is not None:
+        from gvr.models.rope import check_table, rotate
+
+        check_table(q, rope)
+        if backend == "triton":
+            from gvr.models import attention_triton
+
+            return attention_triton.rope_sparse_local(q, k, v, rope, grid, window, topk)
+        q, k = rotate(q, k, rope)
     if backend == "flex":
         return _sparse_local_flex(q, k, v, grid, window, topk)
     if backend == "triton":
@@ -466,7 +478,8 @@ def _sparse_local_with_units(q: Tensor, k: Tensor, v: Tensor, grid: Grid, window
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid, kind: str, *, shift: bool = False, unit: int = 5,
-              window: tuple[int, ...] | None = None, topk: int = 1) -> Tensor:
+              window: tuple[int, ...] | None = None, topk: int = 1,
+              rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Self-attention of one DiT layer over a (T, H, W) token grid, of the given kind.
 
     Args:
@@ -477,15 +490,22 @@ def attention(q: Tensor, k: Tensor, v: Tensor, grid: Grid, kind: str, *, shift: 
         unit: latent frames per temporal unit.
         window: (wt, wh, ww) for "window" (default (1, 8, 8)), (wh, ww) for "sparse_local" (default (9, 12)).
         topk: extra units each sparse-local unit attends to.
+        rope: (cos, sin) tables (L, D/2) to rotate q and k by first (`gvr.models.rope`). On the Triton
+            backend, sparse local attention takes its unit means from that rotation pass
+            (`attention_triton.rope_sparse_local`) instead of reading q and k once more.
     Returns:
         (B, heads, L, D) attention output.
     """
+    if kind not in KINDS:
+        raise ConfigError(f"attention kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "sparse_local":
+        return sparse_local_attention(q, k, v, grid, window or DEFAULT_UNIT_WINDOW, topk, rope=rope)
+    if rope is not None:
+        from gvr.models.rope import rotate
+
+        q, k = rotate(q, k, rope)
     if kind == "full":
         return full_attention(q, k, v)
     if kind == "temporal_unit":
         return temporal_unit_attention(q, k, v, grid, unit, shift)
-    if kind == "window":
-        return window_attention(q, k, v, grid, window or DEFAULT_WINDOW, shift)
-    if kind == "sparse_local":
-        return sparse_local_attention(q, k, v, grid, window or DEFAULT_UNIT_WINDOW, topk)
-    raise ConfigError(f"attention kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return window_attention(q, k, v, grid, window or DEFAULT_WINDOW, shift)

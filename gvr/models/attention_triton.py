@@ -11,12 +11,15 @@ is a bounds check, and padding slots are never read from or written to memory.
 - `select_units`: the mean query and key of every unit in one pass over q and k, then one argmax
   pass per chosen unit over float32 scores (the (G, G) score matrix is never written);
 - forward: online softmax over the selected units (flash-attention style), each key unit in blocks
-  of BLOCK_N slots whose loads Triton software-pipelines; it saves the rows' log-sum-exp for the
-  backward;
+  of BLOCK_N slots whose loads Triton software-pipelines; when a gradient is wanted it saves the
+  rows' log-sum-exp for the backward;
 - backward: one kernel per query unit for dq (and the rows' `sum(o * do)`), one per key unit for dk
   and dv, which loops over the query units that selected it (a CSR list built by one sort), so no
   atomics and the result is deterministic. The forward's log-sum-exp and that row sum are kept in
-  unit-slot order, (B, heads, G * BLOCK), so the backward reads a unit's rows as one contiguous run.
+  unit-slot order, (B, heads, G * BLOCK), so the backward reads a unit's rows as one contiguous run;
+- RoPE (`rope`, `rope_with_means`): the DiT's rotation of q and k in one pass, and, tiled by units
+  for sparse local attention, with every unit's mean rotated query and key as a by-product, so that
+  `rope_sparse_local` selects without a pass of its own over q and k.
 
 A row of `units` must start with the query unit itself and hold distinct units, as
 `attention.select_units` and `select_units` here make it. Triton is a dependency of torch's CUDA
@@ -35,7 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from gvr.errors import ConfigError
+from gvr.errors import ConfigError, InputError
 
 LOG2E = 1.4426950408889634
 
@@ -71,17 +74,19 @@ class Geometry:
                 "FULL_WIDTH": self.W % self.WW == 0, "I64": i64}
 
     def launch(self, kernel: str) -> dict:
-        """Meta-parameters of the "forward", "backward" or "means" kernels, as measured fastest on an H200
+        """Meta-parameters of the "forward", "backward", "means" or "rope" kernels, as measured fastest on an H200
         (benchmarks/attention_triton_tune.py): key blocks of BLOCK_N slots, warps, pipeline stages, and a
         register cap (`maxnreg`): uncapped, the forward takes up to 255 registers a thread, which leaves
         room for only two programs per multiprocessor, too few to hide its load and exponential latencies;
         capped too low, it spills in its loop."""
         wide = self.BLOCK * self.BLOCK_D > 128 * 64
-        if kernel == "forward":  # top-1: 1.23 ms at 24x64 (4 warps, 64-slot blocks: 1.29), 1.18 at 12x128
+        if kernel == "forward":  # top-1 at inference: 1.09 ms at 24x64 (64-slot blocks 1.23, 4 warps 1.20), 1.08 at 12x128
             return {"BLOCK_M": self.BLOCK, "BLOCK_N": min(self.BLOCK, 64 if wide else 128), "num_warps": 8,
                     "num_stages": 2, "maxnreg": 128}
         if kernel == "means":  # 1 warp: 0.242 ms for q and k at 24x64 (4.2 TB/s), 2 warps 0.255
             return {"num_warps": 1 if self.BLOCK * self.BLOCK_D <= 128 * 128 else 4}
+        if kernel == "rope":  # with the means, 24x64: 0.58 ms (2 warps 0.61, 8 warps 0.69)
+            return {"num_warps": 4}
         return {"num_warps": 8, "num_stages": 1}  # 5.1 ms vs 8.4 at 4 warps; 2 stages: same at 24x64, slower at 12x128
 
 
@@ -322,6 +327,80 @@ def means(Q, K, QM, KM, sqb, sqh, sql, skb, skh, skl,
 
 
 @triton.jit
+def head_item_batch():
+    """(b * heads + h, b, h, item) of a RoPE program. Their grid is (heads, items, batch): the heads of one item
+    run side by side and read its tokens' cos and sin from L2 (item-major, each head would stream the whole
+    table from memory again: 1.5 times the bytes)."""
+    h = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    return b * tl.num_programs(0) + h, b, h, tl.program_id(1)
+
+
+@triton.jit
+def load_angles(COS, SIN, tok, valid, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """cos and sin (tokens, BLOCK_D // 2) of the tokens `tok` from (L, D / 2) tables; zeros where there is none."""
+    j = tl.arange(0, BLOCK_D // 2)
+    mask = valid[:, None] & (j < D // 2)[None, :]
+    offsets = tok[:, None] * (D // 2) + j[None, :]
+    return tl.load(COS + offsets, mask=mask, other=0.0), tl.load(SIN + offsets, mask=mask, other=0.0)
+
+
+@triton.jit
+def rotate_tile(x, cos, sin, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, INVERSE: tl.constexpr):
+    """RoPE of a (ROWS, BLOCK_D) tile in float32: channels (2i, 2i + 1) turn by the angle of column i of cos
+    and sin (ROWS, BLOCK_D // 2); INVERSE turns them back (the backward)."""
+    x1, x2 = tl.split(tl.reshape(x.to(tl.float32), [ROWS, BLOCK_D // 2, 2]))
+    if INVERSE:
+        sin = -sin
+    return tl.reshape(tl.join(x1 * cos - x2 * sin, x1 * sin + x2 * cos), [ROWS, BLOCK_D])
+
+
+@triton.jit
+def rope_tokens(Q, K, QR, KR, COS, SIN, sqb, sqh, sql, skb, skh, skl, sab, sah, sal, sbb, sbh, sbl, L,
+                BLOCK_L: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr,
+                INVERSE: tl.constexpr):
+    """RoPE of BLOCK_L consecutive tokens of q and of k (one batch and head): QR, KR = rotated Q, K."""
+    _, b, h, blk = head_item_batch()
+    tok = blk * BLOCK_L + tl.arange(0, BLOCK_L)
+    valid = tok < L
+    if I64:
+        tok = tok.to(tl.int64)
+    cos, sin = load_angles(COS, SIN, tok, valid, D, BLOCK_D)
+    q = load_rows(Q + b * sqb + h * sqh, tok, valid, sql, D, BLOCK_D)
+    store_rows(QR + b * sab + h * sah, tok, valid, sal, rotate_tile(q, cos, sin, BLOCK_L, BLOCK_D, INVERSE), D, BLOCK_D)
+    k = load_rows(K + b * skb + h * skh, tok, valid, skl, D, BLOCK_D)
+    store_rows(KR + b * sbb + h * sbh, tok, valid, sbl, rotate_tile(k, cos, sin, BLOCK_L, BLOCK_D, INVERSE), D, BLOCK_D)
+
+
+@triton.jit
+def rotate_unit(X, Y, M, tok, valid, count, sx, sy, cos, sin, BLOCK: tl.constexpr, D: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """Rotate one unit's tokens of X into Y and store their mean as Y holds them (rounded to its dtype)."""
+    x = load_rows(X, tok, valid, sx, D, BLOCK_D)
+    y = rotate_tile(x, cos, sin, BLOCK, BLOCK_D, False).to(Y.dtype.element_ty)
+    store_rows(Y, tok, valid, sy, y, D, BLOCK_D)
+    d = tl.arange(0, BLOCK_D)
+    tl.store(M + d, (tl.sum(y.to(tl.float32), 0) / count).to(M.dtype.element_ty), mask=d < D)
+
+
+@triton.jit
+def rope_units(Q, K, QR, KR, QM, KM, COS, SIN, sqb, sqh, sql, skb, skh, skl, sab, sah, sal, sbb, sbh, sbl,
+               G: tl.constexpr, H: tl.constexpr, W: tl.constexpr, GH: tl.constexpr, GW: tl.constexpr,
+               WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+               FULL_WIDTH: tl.constexpr, I64: tl.constexpr):
+    """RoPE of one unit's queries and keys, tiled like `means`, with the unit's mean rotated query and key as
+    a by-product: the selection then needs no pass of its own over q and k."""
+    bh, b, h, g = head_item_batch()
+    tok, valid = unit_tokens(g, H, W, GH, GW, WH, WW, 0, BLOCK, FULL_WIDTH, I64)
+    cos, sin = load_angles(COS, SIN, tok, valid, D, BLOCK_D)
+    count = tl.sum(valid.to(tl.float32), 0)
+    rotate_unit(Q + b * sqb + h * sqh, QR + b * sab + h * sah, QM + (bh * G + g) * D, tok, valid, count, sql, sal,
+                cos, sin, BLOCK, D, BLOCK_D)
+    rotate_unit(K + b * skb + h * skh, KR + b * sbb + h * sbh, KM + (bh * G + g) * D, tok, valid, count, skl, sbl,
+                cos, sin, BLOCK, D, BLOCK_D)
+
+
+@triton.jit
 def best_unit(QM, KM, UNITS, G, N_SEL, J, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
               BLOCK_K: tl.constexpr):
     """Column J of the selection for BLOCK_G query units: the best unit by <mean q, mean k> in float32, among
@@ -396,25 +475,128 @@ def unit_means(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple[i
 
 
 def select_units(q: Tensor, k: Tensor, grid: tuple[int, int, int], window: tuple[int, int], topk: int) -> Tensor:
-    """`attention.select_units` on these kernels: (B, heads, G, 1 + topk) int32, the own unit first.
+    """`attention.select_units` on these kernels: (B, heads, G, 1 + topk) int32, the own unit first."""
+    return select_from_means(*unit_means(q, k, grid, window), topk)
+
+
+def select_from_means(qm: Tensor, km: Tensor, topk: int) -> Tensor:
+    """The selection from unit means (B, heads, G, D): (B, heads, G, 1 + topk) int32, the own unit first.
 
     One kernel pass per chosen column, each an argmax over the candidates not chosen yet, with the
     scores kept in float32 and the (G, G) score matrix never written (torch's `topk` over it costs
     several times more). Ties go to the lowest unit index; float32 scores can break a tie that
     scores rounded to a 16-bit input dtype would have made differently.
     """
-    qm, km = unit_means(q, k, grid, window)
     B, n, G, D = qm.shape
     n_top = min(topk, G - 1)
-    units = torch.empty(B, n, G, 1 + n_top, dtype=torch.int32, device=q.device)
+    units = torch.empty(B, n, G, 1 + n_top, dtype=torch.int32, device=qm.device)
     if n_top == 0:
-        return units.copy_(torch.arange(G, device=q.device)[:, None])
+        return units.copy_(torch.arange(G, device=qm.device)[:, None])
     block_g = 64
     for j in range(1, 1 + n_top):
         best_unit[(triton.cdiv(G, block_g), B * n)](qm, km, units, G, 1 + n_top, j, D=D,
                                                     BLOCK_D=_pow2(D, 16),
                                                     BLOCK_G=block_g, BLOCK_K=64)
     return units
+
+
+# RoPE: the rotation of q and k, fused into one pass (and, for sparse local attention, with the unit means)
+
+
+def _rope_tokens(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, inverse: bool,
+                 layouts: tuple | None = None) -> tuple[Tensor, Tensor]:
+    """Rotated q and k, contiguous (B, heads, L, D) as the torch ops give them (SDPA's usual layout), or with the
+    (shape, strides) `layouts` (the backward: gradients in the layout of the tensors they belong to)."""
+    q, k = _rows_contiguous(q), _rows_contiguous(k)
+    layouts = layouts or ((q.shape, _contiguous_strides(q.shape)), (k.shape, _contiguous_strides(k.shape)))
+    qr, kr = (torch.empty_strided(*layout, dtype=x.dtype, device=x.device) for layout, x in zip(layouts, (q, k)))
+    B, n, L, D = q.shape
+    block_l = 64
+    i64 = L * max(x.stride(2) for x in (q, k, qr, kr)) >= 2**31
+    if triton.cdiv(L, block_l) > 65535:
+        raise InputError(f"RoPE kernel takes at most {65535 * block_l} tokens, got {L}")
+    rope_tokens[(n, triton.cdiv(L, block_l), B)](
+        q, k, qr, kr, cos, sin, *_strides(q), *_strides(k), *_strides(qr), *_strides(kr), L, BLOCK_L=block_l, D=D,
+        BLOCK_D=_pow2(D, 16), I64=i64, INVERSE=inverse, num_warps=4)
+    return qr, kr
+
+
+def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    B, n, L, D = shape
+    return n * L * D, L * D, D, 1
+
+
+class _Rope(torch.autograd.Function):
+    """RoPE of q and k; the backward turns the gradients back (the rotation's transpose is its inverse)."""
+
+    @staticmethod
+    def forward(ctx, q, k, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        ctx.layouts, ctx.dtype = ((q.shape, q.stride()), (k.shape, k.stride())), q.dtype
+        return _rope_tokens(q, k, cos, sin, inverse=False)
+
+    @staticmethod
+    def backward(ctx, dqr, dkr):
+        return (*_rope_backward(ctx, dqr, dkr), None, None)
+
+
+def _rope_backward(ctx, dqr: Tensor | None, dkr: Tensor | None) -> tuple[Tensor, Tensor]:
+    cos, sin = ctx.saved_tensors
+    (q_shape, _), (k_shape, _) = ctx.layouts
+    dqr = dqr if dqr is not None else torch.zeros(q_shape, dtype=ctx.dtype, device=cos.device)
+    dkr = dkr if dkr is not None else torch.zeros(k_shape, dtype=ctx.dtype, device=cos.device)
+    return _rope_tokens(dqr, dkr, cos, sin, inverse=True, layouts=ctx.layouts)
+
+
+class _RopeMeans(torch.autograd.Function):
+    """RoPE of q and k tiled by sparse-local units, with the units' mean rotated q and k (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, q, k, cos, sin, geo):
+        ctx.layouts, ctx.dtype = ((q.shape, q.stride()), (k.shape, k.stride())), q.dtype
+        q, k = _rows_contiguous(q), _rows_contiguous(k)
+        qr, kr = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype,
+                                                                                  device=k.device)
+        B, n = q.shape[:2]
+        qm, km = (torch.empty(B, n, geo.G, geo.D, dtype=x.dtype, device=x.device) for x in (q, k))
+        if geo.G > 65535:
+            raise InputError(f"RoPE kernel takes at most 65535 units, got {geo.G}")
+        rope_units[(n, geo.G, B)](q, k, qr, kr, qm, km, cos, sin, *_strides(q), *_strides(k), *_strides(qr),
+                                  *_strides(kr), **geo.constants(q, k, qr, kr), **geo.launch("rope"))
+        ctx.save_for_backward(cos, sin)
+        ctx.mark_non_differentiable(qm, km)
+        return qr, kr, qm, km
+
+    @staticmethod
+    def backward(ctx, dqr, dkr, _dqm, _dkm):
+        return (*_rope_backward(ctx, dqr, dkr), None, None, None)
+
+
+def _table(rope: tuple[Tensor, Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
+    return tuple(x.to(device=like.device, dtype=torch.float32).contiguous() for x in rope)
+
+
+def rope(q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """q and k (B, heads, L, D) rotated by the (cos, sin) tables (L, D / 2), in float32, out in their dtype."""
+    check(q, (1, 1))
+    return _Rope.apply(q, k, *_table(rope, q))
+
+
+def rope_with_means(q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor], grid: tuple[int, int, int],
+                    window: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`rope`, tiled by sparse-local units: rotated q and k, and every unit's mean rotated query and key
+    (B, heads, G, D) of the values as stored, summed in float32, as `unit_means` of the rotated q and k
+    gives them (up to the order of the float32 sums)."""
+    check(q, window)
+    return _RopeMeans.apply(q, k, *_table(rope, q), Geometry(grid, window, q.shape[-1]))
+
+
+def rope_sparse_local(q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor], grid: tuple[int, int, int],
+                      window: tuple[int, int], topk: int) -> Tensor:
+    """Sparse local attention of RoPE-rotated q and k: the rotation pass yields the unit means, so the selection
+    adds only its argmax passes."""
+    q, k, qm, km = rope_with_means(q, k, rope, grid, window)
+    return sparse_local(q, k, v, grid, window, select_from_means(qm, km, topk))
 
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry,

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from gvr.errors import ConfigError, InputError
 from gvr.models.attention import attention as attention_3d
 from gvr.models.presets import DiTConfig
+from gvr.models.rope import Rope, rope_table, rotate
 from gvr.models.upsampler import build_upsampler
 
 WEIGHTS_NAME = "model.safetensors"
@@ -44,34 +45,6 @@ Grid = tuple[int, int, int]
 # --------------------------------------------------------------------------------------------
 # Functional pieces: RoPE, patchify, modulation, attention patterns
 # --------------------------------------------------------------------------------------------
-
-
-def rope_table(grid: Grid, head_dim: int, theta: float, device: torch.device,
-               scale: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of the 3D RoPE angles for a (t, h, w) token grid, each (T*H*W, head_dim/2) float32.
-
-    The head dim splits as Wan's: 2*(head_dim//6) channels each for h and w, the rest for t. `scale`
-    stretches positions (LR tokens placed in HR coordinates for token concatenation).
-    """
-    hw = 2 * (head_dim // 6)
-    parts = []
-    for n, d, s in zip(grid, (head_dim - 2 * hw, hw, hw), scale):
-        inv_freq = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
-        parts.append(torch.outer(torch.arange(n, dtype=torch.float64, device=device) * s, inv_freq))
-    t, h, w = grid
-    angles = torch.cat([parts[0][:, None, None].expand(t, h, w, -1),
-                        parts[1][None, :, None].expand(t, h, w, -1),
-                        parts[2][None, None, :].expand(t, h, w, -1)], dim=-1)  # (T, H, W, head_dim/2)
-    angles = angles.reshape(t * h * w, -1)
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate interleaved channel pairs of x (B, heads, L, D) by the table's angles."""
-    cos, sin = rope
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, heads, L, D/2) each
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
 
 
 def patchify(x: torch.Tensor, patch: Grid) -> torch.Tensor:
@@ -108,11 +81,19 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Full attention within each latent frame: frames folded into the batch, (B, n, T*S, d) in and out."""
+def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Grid,
+                      rope: Rope | None = None) -> torch.Tensor:
+    """Full attention within each latent frame: frames folded into the batch, (B, n, T*S, d) in and out;
+    q and k rotated by `rope` first."""
+    q, k = rotate(q, k, rope)
     q, k, v = (rearrange(a, "b n (t s) d -> (b t) n s d", t=grid[0]) for a in (q, k, v))
     o = F.scaled_dot_product_attention(q, k, v)
     return rearrange(o, "(b t) n s d -> b n (t s) d", t=grid[0])
+
+
+def rotated_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
+    """Full attention with q and k rotated by `rope` first."""
+    return F.scaled_dot_product_attention(*rotate(q, k, rope), v)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,12 +129,11 @@ class SelfAttention(nn.Module):
         self.norm_k = FP32RMSNorm(dim, eps=eps)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                attend: Callable[..., torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope, attend: Callable[..., torch.Tensor]) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k = self.norm_q(q), self.norm_k(k)
         q, k, v = (rearrange(a, "b l (n d) -> b n l d", n=self.heads) for a in (q, k, v))
-        o = attend(apply_rope(q, rope), apply_rope(k, rope), v)  # (B, n, L, d)
+        o = attend(q, k, v, rope=rope)  # (B, n, L, d); attend rotates q and k, fused with its own pass where it can
         return self.out(rearrange(o, "b n l d -> b l (n d)"))
 
 
@@ -209,7 +189,7 @@ class BlockInputs:
     """What every block sees besides the token stream."""
 
     grid: Grid
-    rope: tuple[torch.Tensor, torch.Tensor]
+    rope: Rope
     mod: torch.Tensor  # (B, n_mod, D) shared time projection
     text: torch.Tensor  # (B, L_text, D)
     text_mask: torch.Tensor | None  # (B, L_text) bool
@@ -241,8 +221,8 @@ class GVRBlock(nn.Module):
     def _norm_mod(self, x: torch.Tensor, m: Modulation) -> torch.Tensor:
         return modulate(self.norm(x), m.shift, m.scale).type_as(x)
 
-    def _attend3d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Grid) -> torch.Tensor:
-        return attention_3d(q, k, v, grid, self.attn_kind, **self.attn_opts)
+    def _attend3d(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Grid, rope: Rope) -> torch.Tensor:
+        return attention_3d(q, k, v, grid, self.attn_kind, rope=rope, **self.attn_opts)
 
     def forward(self, x: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
         rows = (self.modulation + inp.mod.float()).chunk(self.modulation.shape[1], dim=1)  # (B, 1, D) each
@@ -280,7 +260,7 @@ class TokenConcat(nn.Module):
         rope = tuple(torch.cat([a, b]) for a, b in zip(inp.rope, lr_rope))
         c = self.embed(patchify(c_t.to(x.dtype), p))  # (B, L_lr, D)
         xc = torch.cat([x, c], dim=1)  # (B, L + L_lr, D)
-        y = self.attn(self.norm(xc).type_as(xc), rope, F.scaled_dot_product_attention)
+        y = self.attn(self.norm(xc).type_as(xc), rope, rotated_sdpa)
         return x + y[:, : x.shape[1]]
 
 

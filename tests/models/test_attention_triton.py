@@ -4,7 +4,6 @@ Without a GPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, nu
 same kernel code, the same indexing and masking, only slower, so the grids here are small.
 """
 
-import importlib
 import os
 
 import pytest
@@ -15,14 +14,6 @@ from gvr.models import attention as A
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
-
-
-@pytest.fixture(scope="module")
-def TK():
-    """gvr.models.attention_triton; without a GPU its kernels run under Triton's interpreter (tests/conftest.py)."""
-    if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton's interpreter was not enabled before triton was imported")
-    return importlib.import_module("gvr.models.attention_triton")
 
 
 def qkv(grid, B=2, heads=2, D=16, dtype=torch.float32, requires_grad=True):

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from gvr.diffusion.flow_matching import training_loss
 from gvr.diffusion.timesteps import UniformSampler
 from gvr.errors import ConfigError, InputError
-from gvr.models.dit import SimpleGVR, apply_rope, rope_table, spatial_attention
+from gvr.models.dit import SimpleGVR, spatial_attention
 from gvr.models.presets import PRESETS, build_model
+from gvr.models.rope import apply_rope, rope_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
