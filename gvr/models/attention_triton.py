@@ -329,8 +329,8 @@ def means(Q, K, QM, KM, sqb, sqh, sql, skb, skh, skl,
 @triton.jit
 def head_item_batch():
     """(b * heads + h, b, h, item) of a RoPE program. Their grid is (heads, items, batch): the heads of one item
-    run side by side and read its tokens' cos and sin from L2 (item-major, each head would stream the whole
-    table from memory again: 1.5 times the bytes)."""
+    run side by side and read its tokens' cos and sin from L2 (item-major, each head streams the whole table
+    from memory again: 0.69 ms instead of 0.52 ms for q and k at 20x68x120, 24x64, on an H200)."""
     h = tl.program_id(0).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     return b * tl.num_programs(0) + h, b, h, tl.program_id(1)
@@ -526,13 +526,20 @@ def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
     return n * L * D, L * D, D, 1
 
 
+def _layout(x: Tensor) -> tuple[torch.Size, tuple[int, ...]]:
+    """x's shape and strides, for a gradient to come back in; contiguous ones where x is a view with gaps
+    (a chunk of a wider tensor), which a gradient allocated with its strides would carry along."""
+    dense = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride())) == x.numel()
+    return x.shape, x.stride() if dense else _contiguous_strides(x.shape)
+
+
 class _Rope(torch.autograd.Function):
     """RoPE of q and k; the backward turns the gradients back (the rotation's transpose is its inverse)."""
 
     @staticmethod
     def forward(ctx, q, k, cos, sin):
         ctx.save_for_backward(cos, sin)
-        ctx.layouts, ctx.dtype = ((q.shape, q.stride()), (k.shape, k.stride())), q.dtype
+        ctx.layouts, ctx.dtype = (_layout(q), _layout(k)), q.dtype
         return _rope_tokens(q, k, cos, sin, inverse=False)
 
     @staticmethod
@@ -553,7 +560,7 @@ class _RopeMeans(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, cos, sin, geo):
-        ctx.layouts, ctx.dtype = ((q.shape, q.stride()), (k.shape, k.stride())), q.dtype
+        ctx.layouts, ctx.dtype = (_layout(q), _layout(k)), q.dtype
         q, k = _rows_contiguous(q), _rows_contiguous(k)
         qr, kr = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype,
                                                                                   device=k.device)
