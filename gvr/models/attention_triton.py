@@ -504,12 +504,11 @@ def select_from_means(qm: Tensor, km: Tensor, topk: int) -> Tensor:
 
 
 def _rope_tokens(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, inverse: bool,
-                 layouts: tuple | None = None) -> tuple[Tensor, Tensor]:
+                 strides: tuple = (None, None)) -> tuple[Tensor, Tensor]:
     """Rotated q and k, contiguous (B, heads, L, D) as the torch ops give them (SDPA's usual layout), or with the
-    (shape, strides) `layouts` (the backward: gradients in the layout of the tensors they belong to)."""
+    given `strides` (the backward: gradients in the layout of the tensors they belong to)."""
     q, k = _rows_contiguous(q), _rows_contiguous(k)
-    layouts = layouts or ((q.shape, _contiguous_strides(q.shape)), (k.shape, _contiguous_strides(k.shape)))
-    qr, kr = (torch.empty_strided(*layout, dtype=x.dtype, device=x.device) for layout, x in zip(layouts, (q, k)))
+    qr, kr = _empty(q, strides[0]), _empty(k, strides[1])
     B, n, L, D = q.shape
     block_l = 64
     i64 = L * max(x.stride(2) for x in (q, k, qr, kr)) >= 2**31
@@ -521,16 +520,18 @@ def _rope_tokens(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, inverse: bool,
     return qr, kr
 
 
-def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
-    B, n, L, D = shape
-    return n * L * D, L * D, D, 1
+def _empty(like: Tensor, strides: tuple[int, ...] | None = None) -> Tensor:
+    """An uninitialised tensor of like's shape and dtype, with these strides (contiguous if None)."""
+    if strides is None:
+        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return torch.empty_strided(like.shape, strides, dtype=like.dtype, device=like.device)
 
 
-def _layout(x: Tensor) -> tuple[torch.Size, tuple[int, ...]]:
-    """x's shape and strides, for a gradient to come back in; contiguous ones where x is a view with gaps
-    (a chunk of a wider tensor), which a gradient allocated with its strides would carry along."""
+def _grad_strides(x: Tensor) -> tuple[int, ...] | None:
+    """x's strides, for its gradient to come back in; None (contiguous) where x is a view with gaps (a chunk of
+    a wider tensor), which a gradient allocated with its strides would carry along."""
     dense = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride())) == x.numel()
-    return x.shape, x.stride() if dense else _contiguous_strides(x.shape)
+    return x.stride() if dense else None
 
 
 class _Rope(torch.autograd.Function):
@@ -539,7 +540,7 @@ class _Rope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, cos, sin):
         ctx.save_for_backward(cos, sin)
-        ctx.layouts, ctx.dtype = (_layout(q), _layout(k)), q.dtype
+        ctx.shapes, ctx.strides, ctx.dtype = (q.shape, k.shape), (_grad_strides(q), _grad_strides(k)), q.dtype
         return _rope_tokens(q, k, cos, sin, inverse=False)
 
     @staticmethod
@@ -549,10 +550,9 @@ class _Rope(torch.autograd.Function):
 
 def _rope_backward(ctx, dqr: Tensor | None, dkr: Tensor | None) -> tuple[Tensor, Tensor]:
     cos, sin = ctx.saved_tensors
-    (q_shape, _), (k_shape, _) = ctx.layouts
-    dqr = dqr if dqr is not None else torch.zeros(q_shape, dtype=ctx.dtype, device=cos.device)
-    dkr = dkr if dkr is not None else torch.zeros(k_shape, dtype=ctx.dtype, device=cos.device)
-    return _rope_tokens(dqr, dkr, cos, sin, inverse=True, layouts=ctx.layouts)
+    dqr = dqr if dqr is not None else torch.zeros(ctx.shapes[0], dtype=ctx.dtype, device=cos.device)
+    dkr = dkr if dkr is not None else torch.zeros(ctx.shapes[1], dtype=ctx.dtype, device=cos.device)
+    return _rope_tokens(dqr, dkr, cos, sin, inverse=True, strides=ctx.strides)
 
 
 class _RopeMeans(torch.autograd.Function):
@@ -560,10 +560,9 @@ class _RopeMeans(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, cos, sin, geo):
-        ctx.layouts, ctx.dtype = (_layout(q), _layout(k)), q.dtype
+        ctx.shapes, ctx.strides, ctx.dtype = (q.shape, k.shape), (_grad_strides(q), _grad_strides(k)), q.dtype
         q, k = _rows_contiguous(q), _rows_contiguous(k)
-        qr, kr = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype,
-                                                                                  device=k.device)
+        qr, kr = _empty(q), _empty(k)
         B, n = q.shape[:2]
         qm, km = (torch.empty(B, n, geo.G, geo.D, dtype=x.dtype, device=x.device) for x in (q, k))
         if geo.G > 65535:
@@ -583,10 +582,10 @@ def _table(rope: tuple[Tensor, Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
     return tuple(x.to(device=like.device, dtype=torch.float32).contiguous() for x in rope)
 
 
-def rope(q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+def rope(q: Tensor, k: Tensor, table: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """q and k (B, heads, L, D) rotated by the (cos, sin) tables (L, D / 2), in float32, out in their dtype."""
     check(q, (1, 1))
-    return _Rope.apply(q, k, *_table(rope, q))
+    return _Rope.apply(q, k, *_table(table, q))
 
 
 def rope_with_means(q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor], grid: tuple[int, int, int],
