@@ -73,16 +73,23 @@ class Geometry:
                 "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D,
                 "FULL_WIDTH": self.W % self.WW == 0, "I64": i64}
 
-    def launch(self, kernel: str) -> dict:
+    def launch(self, kernel: str, itemsize: int = 2) -> dict:
         """Meta-parameters of the "forward", "backward", "means" or "rope" kernels, as measured fastest on an H200
         (benchmarks/attention_triton_tune.py): key blocks of BLOCK_N slots, warps, pipeline stages, and a
         register cap (`maxnreg`): uncapped, the forward takes up to 255 registers a thread, which leaves
         room for only two programs per multiprocessor, too few to hide its load and exponential latencies;
-        capped too low, it spills in its loop."""
+        capped too low, it spills in its loop.
+
+        The forward takes three pipeline stages where the query tile and three stages of key and value
+        blocks (of `itemsize`-byte elements) fit two programs in a Hopper multiprocessor's shared memory
+        (112 KiB each): at top-1 the prologue then issues both key blocks' loads before the first product.
+        Otherwise two (a third stage that leaves one program per multiprocessor costs more than it hides)."""
         wide = self.BLOCK * self.BLOCK_D > 128 * 64
-        if kernel == "forward":  # top-1 at inference: 1.09 ms at 24x64 (64-slot blocks 1.23, 4 warps 1.20), 1.08 at 12x128
-            return {"BLOCK_M": self.BLOCK, "BLOCK_N": min(self.BLOCK, 64 if wide else 128), "num_warps": 8,
-                    "num_stages": 2, "maxnreg": 128}
+        if kernel == "forward":  # top-1 at inference: 1.02 ms at 24x64 (2 stages 1.09), 1.09 at 12x128 (3 stages 1.40)
+            block_n = min(self.BLOCK, 64 if wide else 128)
+            tile = self.BLOCK_D * itemsize
+            stages = 3 if self.BLOCK * tile + 3 * 2 * block_n * tile <= 112 * 1024 else 2
+            return {"BLOCK_M": self.BLOCK, "BLOCK_N": block_n, "num_warps": 8, "num_stages": stages, "maxnreg": 128}
         if kernel == "means":  # 1 warp: 0.242 ms for q and k at 24x64 (4.2 TB/s), 2 warps 0.255
             return {"num_warps": 1 if self.BLOCK * self.BLOCK_D <= 128 * 128 else 4}
         if kernel == "rope":  # with the means, 24x64: 0.58 ms (2 warps 0.61, 8 warps 0.69)
@@ -613,7 +620,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry,
     o = torch.empty_like(q)
     rows_lse = torch.empty(B, n, geo.G * geo.BLOCK, dtype=torch.float32, device=q.device) if lse else None
     scale = geo.D ** -0.5
-    n_sel, launch = units.shape[-1], geo.launch("forward")
+    n_sel, launch = units.shape[-1], geo.launch("forward", q.element_size())
     forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], n, B)](
         q, k, v, o, rows_lse if lse else o, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel), SPLIT=geo.BLOCK // launch["BLOCK_N"],

@@ -57,10 +57,18 @@ def test_forward_and_backward_equal_masked_reference_fp32(TK, grid, window, topk
 def test_units_split_into_two_kernel_blocks(TK, monkeypatch, blocks):
     """The forward may split query units over two programs and walk key units in halves; the result is the same."""
     default = TK.Geometry.launch
-    monkeypatch.setattr(TK.Geometry, "launch", lambda self, kernel: {**default(self, kernel), **blocks}
-                        if kernel == "forward" else default(self, kernel))
+    monkeypatch.setattr(TK.Geometry, "launch", lambda self, kernel, *a: {**default(self, kernel, *a), **blocks}
+                        if kernel == "forward" else default(self, kernel, *a))
     grid = (2, 5, 7)
     check_against_reference(TK, grid, (4, 7), 1, *qkv(grid), tol=1e-5)  # 28-token units in blocks of 32 -> 16
+
+
+@pytest.mark.parametrize("head_dim, itemsize, stages", [(64, 2, 3), (128, 2, 2), (64, 4, 2), (32, 4, 3)])
+def test_forward_takes_a_third_stage_only_where_two_programs_fit_shared_memory(TK, head_dim, itemsize, stages):
+    """Three stages of key and value blocks plus the query tile must stay within 112 KiB (two programs on a
+    Hopper multiprocessor); fp32 at head dim 64 would need 224 KiB and falls back to two."""
+    launch = TK.Geometry((20, 68, 120), (9, 12), head_dim).launch("forward", itemsize)
+    assert launch["num_stages"] == stages
 
 
 def test_head_dim_and_unit_not_powers_of_two_and_batch_of_three(TK):
