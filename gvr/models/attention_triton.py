@@ -41,6 +41,7 @@ from torch import Tensor
 from gvr.errors import ConfigError, InputError
 
 LOG2E = 1.4426950408889634
+HOPPER_SMEM = 228 * 1024  # shared memory of an H100/H200 multiprocessor; 1 KiB of it is reserved per program
 
 
 def _pow2(n: int, least: int = 1) -> int:
@@ -73,7 +74,7 @@ class Geometry:
                 "WW": self.WW, "BLOCK": self.BLOCK, "D": self.D, "BLOCK_D": self.BLOCK_D,
                 "FULL_WIDTH": self.W % self.WW == 0, "I64": i64}
 
-    def launch(self, kernel: str, itemsize: int = 2) -> dict:
+    def launch(self, kernel: str, itemsize: int = 2, smem: int = HOPPER_SMEM) -> dict:
         """Meta-parameters of the "forward", "backward", "means" or "rope" kernels, as measured fastest on an H200
         (benchmarks/attention_triton_tune.py): key blocks of BLOCK_N slots, warps, pipeline stages, and a
         register cap (`maxnreg`): uncapped, the forward takes up to 255 registers a thread, which leaves
@@ -81,14 +82,16 @@ class Geometry:
         capped too low, it spills in its loop.
 
         The forward takes three pipeline stages where the query tile and three stages of key and value
-        blocks (of `itemsize`-byte elements) fit two programs in a Hopper multiprocessor's shared memory
-        (112 KiB each): at top-1 the prologue then issues both key blocks' loads before the first product.
-        Otherwise two (a third stage that leaves one program per multiprocessor costs more than it hides)."""
+        blocks (of `itemsize`-byte elements) still let two programs share a multiprocessor with `smem` bytes
+        of shared memory (an H100's or H200's at head dim 64 in 16-bit types: 112 KiB each): at top-1 the
+        prologue then issues both key blocks' loads before the first product. Otherwise two: a third stage
+        that leaves one program per multiprocessor costs more than it hides, and on GPUs with less shared
+        memory (A100, L40S) it may not fit at all."""
         wide = self.BLOCK * self.BLOCK_D > 128 * 64
         if kernel == "forward":  # top-1 at inference: 1.02 ms at 24x64 (2 stages 1.09), 1.09 at 12x128 (3 stages 1.40)
             block_n = min(self.BLOCK, 64 if wide else 128)
             tile = self.BLOCK_D * itemsize
-            stages = 3 if self.BLOCK * tile + 3 * 2 * block_n * tile <= 112 * 1024 else 2
+            stages = 3 if 2 * (self.BLOCK * tile + 3 * 2 * block_n * tile + 1024) <= smem else 2
             return {"BLOCK_M": self.BLOCK, "BLOCK_N": block_n, "num_warps": 8, "num_stages": stages, "maxnreg": 128}
         if kernel == "means":  # 1 warp: 0.242 ms for q and k at 24x64 (4.2 TB/s), 2 warps 0.255
             return {"num_warps": 1 if self.BLOCK * self.BLOCK_D <= 128 * 128 else 4}
@@ -452,6 +455,14 @@ def _rows_contiguous(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _smem_per_multiprocessor(x: Tensor) -> int:
+    """Shared memory of one multiprocessor of x's GPU (a Hopper's under the CPU interpreter; 0, so the
+    smallest launch settings, where torch does not report it)."""
+    if not x.is_cuda:
+        return HOPPER_SMEM
+    return getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_multiprocessor", 0)
+
+
 def _precision(x: Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 stays exact; tf32 is unused for 16-bit inputs
 
@@ -620,7 +631,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry,
     o = torch.empty_like(q)
     rows_lse = torch.empty(B, n, geo.G * geo.BLOCK, dtype=torch.float32, device=q.device) if lse else None
     scale = geo.D ** -0.5
-    n_sel, launch = units.shape[-1], geo.launch("forward", q.element_size())
+    n_sel, launch = units.shape[-1], geo.launch("forward", q.element_size(), _smem_per_multiprocessor(q))
     forward[(geo.G * geo.BLOCK // launch["BLOCK_M"], n, B)](
         q, k, v, o, rows_lse if lse else o, units, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         scale * LOG2E, N_SEL=n_sel, SEL_P2=_pow2(n_sel), SPLIT=geo.BLOCK // launch["BLOCK_N"],

@@ -63,11 +63,22 @@ def test_units_split_into_two_kernel_blocks(TK, monkeypatch, blocks):
     check_against_reference(TK, grid, (4, 7), 1, *qkv(grid), tol=1e-5)  # 28-token units in blocks of 32 -> 16
 
 
-@pytest.mark.parametrize("head_dim, itemsize, stages", [(64, 2, 3), (128, 2, 2), (64, 4, 2), (32, 4, 3)])
-def test_forward_takes_a_third_stage_only_where_two_programs_fit_shared_memory(TK, head_dim, itemsize, stages):
-    """Three stages of key and value blocks plus the query tile must stay within 112 KiB (two programs on a
-    Hopper multiprocessor); fp32 at head dim 64 would need 224 KiB and falls back to two."""
-    launch = TK.Geometry((20, 68, 120), (9, 12), head_dim).launch("forward", itemsize)
+KIB = 1024
+
+
+@pytest.mark.parametrize("head_dim, itemsize, smem, stages", [
+    (64, 2, 228 * KIB, 3),  # H100/H200, bf16: 112 KiB a program, two share a multiprocessor
+    (128, 2, 228 * KIB, 2),  # 64-slot key blocks of 128 channels: 128 KiB, one program
+    (64, 4, 228 * KIB, 2),  # fp32 would need 224 KiB
+    (32, 4, 228 * KIB, 3),
+    (64, 2, 164 * KIB, 2),  # A100
+    (64, 2, 100 * KIB, 2),  # L40S: three stages would not fit one program
+    (64, 2, 0, 2),  # torch does not report it
+])
+def test_forward_takes_a_third_stage_only_where_two_programs_fit_shared_memory(TK, head_dim, itemsize, smem, stages):
+    """A third stage of key and value blocks is worth it only if two programs still fit a multiprocessor;
+    two stages (80 KiB at head dim 64 in bf16) fit every GPU the kernels target."""
+    launch = TK.Geometry((20, 68, 120), (9, 12), head_dim).launch("forward", itemsize, smem)
     assert launch["num_stages"] == stages
 
 
