@@ -41,6 +41,13 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 LOG2E = 1.4426950408889634
+# A consumer's tiles: 64 query rows x 128 key slots of scores (S), 64 x 64 of output (O), p as wgmma's register operand.
+S_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 16]))
+O_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16]))
+P_LAYOUT = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=O_LAYOUT, k_width=2))
+ROW_S = gl.constexpr(gl.SliceLayout(1, S_LAYOUT))
+ROW_O = gl.constexpr(gl.SliceLayout(1, O_LAYOUT))
+COL_S = gl.constexpr(gl.SliceLayout(0, S_LAYOUT))
 
 
 @gluon.jit
@@ -54,10 +61,20 @@ def _unit(g, H: gl.constexpr, W: gl.constexpr, GH: gl.constexpr, GW: gl.constexp
 
 
 @gluon.jit
-def _slots(origin, rows, cols, layout: gl.constexpr, W: gl.constexpr, WH: gl.constexpr, WW: gl.constexpr):
+def _tile(tile, G: gl.constexpr, HEADS):
+    """Batch, head and query unit of a tile (tiles run over units first, then heads, then the batch)."""
+    bh = tile // G
+    b = bh // HEADS
+    return b, bh - b * HEADS, tile - bh * G
+
+
+@gluon.jit
+def _key_bias(UNITS, at, layout: gl.constexpr, H: gl.constexpr, W: gl.constexpr, GH: gl.constexpr,
+              GW: gl.constexpr, WH: gl.constexpr, WW: gl.constexpr):
+    """Additive score bias of the selected unit UNITS[at]'s 128 slots: 0 where a slot holds a token, -inf elsewhere."""
+    origin, rows, cols = _unit(gl.load(UNITS + at), H, W, GH, GW, WH, WW)
     slot = gl.arange(0, 128, layout=layout)
-    valid = (slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols)
-    return origin + (slot // WW) * W + slot % WW, valid
+    return gl.where((slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols), 0.0, float("-inf"))
 
 
 @gluon.jit
@@ -89,10 +106,7 @@ def _producer(c, Q, K, V, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, kv_re
         else:
             cc = i * 0 + c
             it = i
-        bh = tile // G
-        g = tile - bh * G
-        b = bh // HEADS
-        h = bh - b * HEADS
+        b, h, g = _tile(tile, G, HEADS)
         origin, rows, cols = _unit(g, H, W, GH, GW, WH, WW)
         qi = cc * QB + it % QB
         mbarrier.wait(q_empty.index(qi), ((it // QB) & 1) ^ 1)
@@ -121,9 +135,9 @@ def _softmax(s, bias, m, rowsum, qk_scale):
 
 
 @gluon.jit
-def _store_half(OUT, o, rowsum, origin, rows, cols, START: gl.constexpr, sol, layout: gl.constexpr, row_o: gl.constexpr,
+def _store_half(OUT, o, rowsum, origin, rows, cols, START: gl.constexpr, sol, layout: gl.constexpr, ROW_O: gl.constexpr,
                 W: gl.constexpr, WH: gl.constexpr, WW: gl.constexpr):
-    o = gl.convert_layout((o * gl.convert_layout(1.0 / rowsum, row_o)[:, None]).to(gl.bfloat16), layout)
+    o = gl.convert_layout((o * gl.convert_layout(1.0 / rowsum, ROW_O)[:, None]).to(gl.bfloat16), layout)
     d = gl.arange(0, 64, layout=gl.SliceLayout(0, layout))
     slot = START + gl.arange(0, 64, layout=gl.SliceLayout(1, layout))
     valid = (slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols)
@@ -137,41 +151,29 @@ def _consumer(c, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, kv_ready,
               G: gl.constexpr, H: gl.constexpr, W: gl.constexpr, GH: gl.constexpr, GW: gl.constexpr,
               WH: gl.constexpr, WW: gl.constexpr, N_SEL: gl.constexpr, NS: gl.constexpr, OVERLAP: gl.constexpr,
               QB: gl.constexpr, EPI_CONVERT: gl.constexpr, ASYNC: gl.constexpr):
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
     it = 0
     for tile in range(pid + c * nprog, n_tiles, 2 * nprog):
-        bh = tile // G
-        g = tile - bh * G
-        b = bh // HEADS
-        h = bh - b * HEADS
+        b, h, g = _tile(tile, G, HEADS)
         qi = c * QB + it % QB
         mbarrier.wait(q_ready.index(qi), (it // QB) & 1)
         qb = q_bufs.index(qi)
         q0 = qb.slice(0, 64)
         q1 = qb.slice(64, 64)
-        m0 = gl.full([64], float("-inf"), gl.float32, row_s)
-        m1 = gl.full([64], float("-inf"), gl.float32, row_s)
-        rowsum0 = gl.zeros([64], gl.float32, row_s)
-        rowsum1 = gl.zeros([64], gl.float32, row_s)
-        o0 = gl.zeros([64, 64], gl.float32, o_layout)
-        o1 = gl.zeros([64, 64], gl.float32, o_layout)
-        zero = gl.zeros([64, 128], gl.float32, s_layout)
+        m0 = gl.full([64], float("-inf"), gl.float32, ROW_S)
+        m1 = gl.full([64], float("-inf"), gl.float32, ROW_S)
+        rowsum0 = gl.zeros([64], gl.float32, ROW_S)
+        rowsum1 = gl.zeros([64], gl.float32, ROW_S)
+        o0 = gl.zeros([64, 64], gl.float32, O_LAYOUT)
+        o1 = gl.zeros([64, 64], gl.float32, O_LAYOUT)
+        zero = gl.zeros([64, 128], gl.float32, S_LAYOUT)
         prev = 0
         if ASYNC:
             o1 = warpgroup_mma_init(o1)
         for j in range(N_SEL):
-            u = gl.load(UNITS + tile * N_SEL + j)
-            origin, rows, cols = _unit(u, H, W, GH, GW, WH, WW)
-            slot = gl.arange(0, 128, layout=col_s)
-            bias = gl.where((slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols), 0.0, float("-inf"))
+            bias = _key_bias(UNITS, tile * N_SEL + j, COL_S, H, W, GH, GW, WH, WW)
             n = it * N_SEL + j
             idx = c * NS + n % NS
             mbarrier.wait(kv_ready.index(idx), (n // NS) & 1)
@@ -183,14 +185,14 @@ def _consumer(c, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, kv_ready,
                 s1 = warpgroup_mma(q1, kT, zero, use_acc=False, is_async=True)
                 s0 = warpgroup_mma_wait(1, deps=(s0, ))
                 p0, m0, rowsum0, a0 = _softmax(s0, bias, m0, rowsum0, qk_scale)
-                o0 = o0 * gl.convert_layout(a0, row_o)[:, None]
-                o0 = warpgroup_mma(gl.convert_layout(p0.to(gl.bfloat16), p_layout), vb, o0, is_async=True)
+                o0 = o0 * gl.convert_layout(a0, ROW_O)[:, None]
+                o0 = warpgroup_mma(gl.convert_layout(p0.to(gl.bfloat16), P_LAYOUT), vb, o0, is_async=True)
                 s1 = warpgroup_mma_wait(1, deps=(s1, ))
                 if j == N_SEL - 1:
                     mbarrier.arrive(q_empty.index(qi), count=1)
                 p1, m1, rowsum1, a1 = _softmax(s1, bias, m1, rowsum1, qk_scale)
-                o1 = o1 * gl.convert_layout(a1, row_o)[:, None]
-                o1 = warpgroup_mma(gl.convert_layout(p1.to(gl.bfloat16), p_layout), vb, o1, is_async=True)
+                o1 = o1 * gl.convert_layout(a1, ROW_O)[:, None]
+                o1 = warpgroup_mma(gl.convert_layout(p1.to(gl.bfloat16), P_LAYOUT), vb, o1, is_async=True)
                 o0, o1 = warpgroup_mma_wait(0, deps=(o0, o1))
             elif ASYNC:
                 s0 = warpgroup_mma(q0, kT, zero, use_acc=False, is_async=True)
@@ -198,27 +200,27 @@ def _consumer(c, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, kv_ready,
                 if j > 0:
                     mbarrier.arrive(kv_empty.index(prev), count=1)
                 p0, m0, rowsum0, a0 = _softmax(s0, bias, m0, rowsum0, qk_scale)
-                o0 = o0 * gl.convert_layout(a0, row_o)[:, None]
-                o0 = warpgroup_mma(gl.convert_layout(p0.to(gl.bfloat16), p_layout), vb, o0, is_async=True)
+                o0 = o0 * gl.convert_layout(a0, ROW_O)[:, None]
+                o0 = warpgroup_mma(gl.convert_layout(p0.to(gl.bfloat16), P_LAYOUT), vb, o0, is_async=True)
                 s1 = warpgroup_mma(q1, kT, zero, use_acc=False, is_async=True)
                 s1, o0 = warpgroup_mma_wait(0, deps=(s1, o0))
                 if j == N_SEL - 1:
                     mbarrier.arrive(q_empty.index(qi), count=1)
                 p1, m1, rowsum1, a1 = _softmax(s1, bias, m1, rowsum1, qk_scale)
-                o1 = o1 * gl.convert_layout(a1, row_o)[:, None]
-                o1 = warpgroup_mma(gl.convert_layout(p1.to(gl.bfloat16), p_layout), vb, o1, is_async=True)
+                o1 = o1 * gl.convert_layout(a1, ROW_O)[:, None]
+                o1 = warpgroup_mma(gl.convert_layout(p1.to(gl.bfloat16), P_LAYOUT), vb, o1, is_async=True)
                 prev = idx
             else:
                 s0 = warpgroup_mma(q0, kT, zero, use_acc=False)
                 p0, m0, rowsum0, a0 = _softmax(s0, bias, m0, rowsum0, qk_scale)
-                o0 = o0 * gl.convert_layout(a0, row_o)[:, None]
-                o0 = warpgroup_mma(gl.convert_layout(p0.to(gl.bfloat16), p_layout), vb, o0)
+                o0 = o0 * gl.convert_layout(a0, ROW_O)[:, None]
+                o0 = warpgroup_mma(gl.convert_layout(p0.to(gl.bfloat16), P_LAYOUT), vb, o0)
                 s1 = warpgroup_mma(q1, kT, zero, use_acc=False)
                 if j == N_SEL - 1:
                     mbarrier.arrive(q_empty.index(qi), count=1)
                 p1, m1, rowsum1, a1 = _softmax(s1, bias, m1, rowsum1, qk_scale)
-                o1 = o1 * gl.convert_layout(a1, row_o)[:, None]
-                o1 = warpgroup_mma(gl.convert_layout(p1.to(gl.bfloat16), p_layout), vb, o1)
+                o1 = o1 * gl.convert_layout(a1, ROW_O)[:, None]
+                o1 = warpgroup_mma(gl.convert_layout(p1.to(gl.bfloat16), P_LAYOUT), vb, o1)
             if not ASYNC:
                 mbarrier.arrive(kv_empty.index(idx), count=1)
         if ASYNC:
@@ -227,11 +229,11 @@ def _consumer(c, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, kv_ready,
         origin, rows, cols = _unit(g, H, W, GH, GW, WH, WW)
         OUT = Out + b * sob + h * soh
         if EPI_CONVERT:
-            _store_half(OUT, o0, rowsum0, origin, rows, cols, 0, sol, out_layout, row_o, W, WH, WW)
-            _store_half(OUT, o1, rowsum1, origin, rows, cols, 64, sol, out_layout, row_o, W, WH, WW)
+            _store_half(OUT, o0, rowsum0, origin, rows, cols, 0, sol, out_layout, ROW_O, W, WH, WW)
+            _store_half(OUT, o1, rowsum1, origin, rows, cols, 64, sol, out_layout, ROW_O, W, WH, WW)
         else:
-            _store_half(OUT, o0, rowsum0, origin, rows, cols, 0, sol, o_layout, row_o, W, WH, WW)
-            _store_half(OUT, o1, rowsum1, origin, rows, cols, 64, sol, o_layout, row_o, W, WH, WW)
+            _store_half(OUT, o0, rowsum0, origin, rows, cols, 0, sol, O_LAYOUT, ROW_O, W, WH, WW)
+            _store_half(OUT, o1, rowsum1, origin, rows, cols, 64, sol, O_LAYOUT, ROW_O, W, WH, WW)
         it += 1
 
 
@@ -240,32 +242,20 @@ def _consumer_half(c, hf, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
                    sob, soh, sol, qk_scale,
                    G: gl.constexpr, H: gl.constexpr, W: gl.constexpr, GH: gl.constexpr, GW: gl.constexpr,
                    WH: gl.constexpr, WW: gl.constexpr, N_SEL: gl.constexpr, NS: gl.constexpr, QB: gl.constexpr):
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 128, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
     it = 0
     for tile in range(pid + c * nprog, n_tiles, 2 * nprog):
-        bh = tile // G
-        g = tile - bh * G
-        b = bh // HEADS
-        h = bh - b * HEADS
+        b, h, g = _tile(tile, G, HEADS)
         qi = c * QB + it % QB
         mbarrier.wait(q_ready.index(qi), (it // QB) & 1)
         qh = q_bufs.index(qi).slice(hf * 64, 64)
-        m = gl.full([64], float("-inf"), gl.float32, row_s)
-        rowsum = gl.zeros([64], gl.float32, row_s)
-        o = gl.zeros([64, 64], gl.float32, o_layout)
-        zero = gl.zeros([64, 128], gl.float32, s_layout)
+        m = gl.full([64], float("-inf"), gl.float32, ROW_S)
+        rowsum = gl.zeros([64], gl.float32, ROW_S)
+        o = gl.zeros([64, 64], gl.float32, O_LAYOUT)
+        zero = gl.zeros([64, 128], gl.float32, S_LAYOUT)
         for j in range(N_SEL):
-            u = gl.load(UNITS + tile * N_SEL + j)
-            origin, rows, cols = _unit(u, H, W, GH, GW, WH, WW)
-            slot = gl.arange(0, 128, layout=col_s)
-            bias = gl.where((slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols), 0.0, float("-inf"))
+            bias = _key_bias(UNITS, tile * N_SEL + j, COL_S, H, W, GH, GW, WH, WW)
             n = it * N_SEL + j
             idx = c * NS + n % NS
             mbarrier.wait(kv_ready.index(idx), (n // NS) & 1)
@@ -274,13 +264,13 @@ def _consumer_half(c, hf, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
             if j == N_SEL - 1:
                 mbarrier.arrive(q_empty.index(qi), count=1)
             p, m, rowsum, a = _softmax(s, bias, m, rowsum, qk_scale)
-            o = o * gl.convert_layout(a, row_o)[:, None]
-            o = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout), v_bufs.index(idx), o)
+            o = o * gl.convert_layout(a, ROW_O)[:, None]
+            o = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), P_LAYOUT), v_bufs.index(idx), o)
             mbarrier.arrive(kv_empty.index(idx), count=1)
         origin, rows, cols = _unit(g, H, W, GH, GW, WH, WW)
-        o = (o * gl.convert_layout(1.0 / rowsum, row_o)[:, None]).to(gl.bfloat16)
-        d = gl.arange(0, 64, layout=gl.SliceLayout(0, o_layout))
-        slot = hf * 64 + gl.arange(0, 64, layout=row_o)
+        o = (o * gl.convert_layout(1.0 / rowsum, ROW_O)[:, None]).to(gl.bfloat16)
+        d = gl.arange(0, 64, layout=gl.SliceLayout(0, O_LAYOUT))
+        slot = hf * 64 + gl.arange(0, 64, layout=ROW_O)
         valid = (slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols)
         tok = origin + (slot // WW) * W + slot % WW
         gl.store(Out + b * sob + h * soh + tok[:, None] * sol + d[None, :], o, mask=valid[:, None] & (d < 64)[None, :])
