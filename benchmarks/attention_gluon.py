@@ -61,6 +61,14 @@ def _unit(g, H: gl.constexpr, W: gl.constexpr, GH: gl.constexpr, GW: gl.constexp
 
 
 @gluon.jit
+def _slot_tokens(origin, rows, cols, slot, W: gl.constexpr, WH: gl.constexpr, WW: gl.constexpr):
+    """Raster index of slots `slot` of the unit at `origin` with `rows` x `cols` tokens, and whether each holds
+    a token (as `attention_triton.unit_slots`)."""
+    valid = (slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols)
+    return origin + (slot // WW) * W + slot % WW, valid
+
+
+@gluon.jit
 def _tile(tile, G: gl.constexpr, HEADS):
     """Batch, head and query unit of a tile (tiles run over units first, then heads, then the batch)."""
     bh = tile // G
@@ -73,8 +81,8 @@ def _key_bias(UNITS, at, layout: gl.constexpr, H: gl.constexpr, W: gl.constexpr,
               GW: gl.constexpr, WH: gl.constexpr, WW: gl.constexpr):
     """Additive score bias of the selected unit UNITS[at]'s 128 slots: 0 where a slot holds a token, -inf elsewhere."""
     origin, rows, cols = _unit(gl.load(UNITS + at), H, W, GH, GW, WH, WW)
-    slot = gl.arange(0, 128, layout=layout)
-    return gl.where((slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols), 0.0, float("-inf"))
+    _, valid = _slot_tokens(origin, rows, cols, gl.arange(0, 128, layout=layout), W, WH, WW)
+    return gl.where(valid, 0.0, float("-inf"))
 
 
 @gluon.jit
@@ -83,8 +91,7 @@ def _gather(buf, X, origin, rows, cols, stride_l, layout: gl.constexpr, W: gl.co
     d = gl.arange(0, 64, layout=gl.SliceLayout(0, layout))
     for r in gl.static_range(128 // CHUNK):
         slot = r * CHUNK + gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))
-        valid = (slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols)
-        tok = origin + (slot // WW) * W + slot % WW
+        tok, valid = _slot_tokens(origin, rows, cols, slot, W, WH, WW)
         ptrs = X + tok[:, None] * stride_l + d[None, :]
         async_copy.async_copy_global_to_shared(buf.slice(r * CHUNK, CHUNK), ptrs, valid[:, None] & (d < 64)[None, :])
 
@@ -103,7 +110,7 @@ def _producer(c, Q, K, V, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, kv_re
         if SHARED:
             cc = i % 2
             it = i // 2
-        else:
+        else:  # a tensor in both branches, as Gluon requires of a value an `if` assigns
             cc = i * 0 + c
             it = i
         b, h, g = _tile(tile, G, HEADS)
@@ -135,13 +142,12 @@ def _softmax(s, bias, m, rowsum, qk_scale):
 
 
 @gluon.jit
-def _store_half(OUT, o, rowsum, origin, rows, cols, START: gl.constexpr, sol, layout: gl.constexpr, ROW_O: gl.constexpr,
+def _store_half(OUT, o, rowsum, origin, rows, cols, START: gl.constexpr, sol, layout: gl.constexpr,
                 W: gl.constexpr, WH: gl.constexpr, WW: gl.constexpr):
+    """Rows START..START+63 of a query unit's output, normalised, stored through `layout`."""
     o = gl.convert_layout((o * gl.convert_layout(1.0 / rowsum, ROW_O)[:, None]).to(gl.bfloat16), layout)
     d = gl.arange(0, 64, layout=gl.SliceLayout(0, layout))
-    slot = START + gl.arange(0, 64, layout=gl.SliceLayout(1, layout))
-    valid = (slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols)
-    tok = origin + (slot // WW) * W + slot % WW
+    tok, valid = _slot_tokens(origin, rows, cols, START + gl.arange(0, 64, layout=gl.SliceLayout(1, layout)), W, WH, WW)
     gl.store(OUT + tok[:, None] * sol + d[None, :], o, mask=valid[:, None] & (d < 64)[None, :])
 
 
@@ -229,11 +235,11 @@ def _consumer(c, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, kv_ready,
         origin, rows, cols = _unit(g, H, W, GH, GW, WH, WW)
         OUT = Out + b * sob + h * soh
         if EPI_CONVERT:
-            _store_half(OUT, o0, rowsum0, origin, rows, cols, 0, sol, out_layout, ROW_O, W, WH, WW)
-            _store_half(OUT, o1, rowsum1, origin, rows, cols, 64, sol, out_layout, ROW_O, W, WH, WW)
+            _store_half(OUT, o0, rowsum0, origin, rows, cols, 0, sol, out_layout, W, WH, WW)
+            _store_half(OUT, o1, rowsum1, origin, rows, cols, 64, sol, out_layout, W, WH, WW)
         else:
-            _store_half(OUT, o0, rowsum0, origin, rows, cols, 0, sol, O_LAYOUT, ROW_O, W, WH, WW)
-            _store_half(OUT, o1, rowsum1, origin, rows, cols, 64, sol, O_LAYOUT, ROW_O, W, WH, WW)
+            _store_half(OUT, o0, rowsum0, origin, rows, cols, 0, sol, O_LAYOUT, W, WH, WW)
+            _store_half(OUT, o1, rowsum1, origin, rows, cols, 64, sol, O_LAYOUT, W, WH, WW)
         it += 1
 
 
@@ -268,12 +274,7 @@ def _consumer_half(c, hf, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, 
             o = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), P_LAYOUT), v_bufs.index(idx), o)
             mbarrier.arrive(kv_empty.index(idx), count=1)
         origin, rows, cols = _unit(g, H, W, GH, GW, WH, WW)
-        o = (o * gl.convert_layout(1.0 / rowsum, ROW_O)[:, None]).to(gl.bfloat16)
-        d = gl.arange(0, 64, layout=gl.SliceLayout(0, O_LAYOUT))
-        slot = hf * 64 + gl.arange(0, 64, layout=ROW_O)
-        valid = (slot < WH * WW) & (slot // WW < rows) & (slot % WW < cols)
-        tok = origin + (slot // WW) * W + slot % WW
-        gl.store(Out + b * sob + h * soh + tok[:, None] * sol + d[None, :], o, mask=valid[:, None] & (d < 64)[None, :])
+        _store_half(Out + b * sob + h * soh, o, rowsum, origin, rows, cols, hf * 64, sol, O_LAYOUT, W, WH, WW)
         it += 1
 
 
