@@ -10,7 +10,8 @@ Per case: `ms`, `speedup_vs_sdpa` (dense SDPA on the same grid, heads and mode) 
 flash-attention's convention); padding and skipped work do not count. Sparse local attention is also
 split into `select_ms` (unit means, scores, top-k, and for FlexAttention the BlockMask), `layout_ms`
 (FlexAttention only: tiling q, k, v and untiling the output; the Triton kernels read tokens in place),
-`kernel_ms` (the attention kernel alone), with `selection_overhead` = select_ms / (layout_ms +
+`kernel_ms` (the attention kernel alone, as inference runs it: on Hopper at head dim 64 the Gluon kernel;
+`triton_kernel_ms` the Triton kernel), with `selection_overhead` = select_ms / (layout_ms +
 kernel_ms), the attention work it enables, and `kernel_effective_tflops`. On the Triton path it also
 times the DiT's RoPE pass over q and k with and without the unit means it can yield, and whole
 layers (rotation, selection, attention); `fused_selection_overhead` is the selection's share of the
@@ -125,7 +126,8 @@ def triton_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
             "select_ms": timer(lambda: TK.select_units(q, k, grid, UNIT_WINDOW, topk), (), False),
             "pick_ms": timer(lambda: TK.select_from_means(qm, km, topk), (), False),
             "layout_ms": 0.0,
-            "kernel_ms": timer(lambda: TK._forward(q, k, v, units, geo, lse=False), (), False),  # as at inference
+            "kernel_ms": timer(lambda: TK.inference_forward(q, k, v, units, geo), (), False),  # Gluon on Hopper
+            "triton_kernel_ms": timer(lambda: TK._forward(q, k, v, units, geo, lse=False), (), False),
             "rope_torch_ms": timer(lambda: (apply_rope(q, rope), apply_rope(k, rope)), (), False),
             "rope_ms": timer(lambda: TK.rope(q, k, rope), (), False),
             "rope_means_ms": timer(lambda: TK.rope_with_means(q, k, rope, grid, UNIT_WINDOW), (), False),

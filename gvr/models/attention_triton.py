@@ -13,6 +13,8 @@ is a bounds check, and padding slots are never read from or written to memory.
 - forward: online softmax over the selected units (flash-attention style), each key unit in blocks
   of BLOCK_N slots whose loads Triton software-pipelines; when a gradient is wanted it saves the
   rows' log-sum-exp for the backward;
+- inference on Hopper GPUs: the same forward, warp-specialised in Gluon (`attention_gluon`), where
+  `inference_forward` finds it supported;
 - backward: one kernel per query unit for dq (and the rows' `sum(o * do)`), one per key unit for dk
   and dv, which loops over the query units that selected it (a CSR list built by one sort), so no
   atomics and the result is deterministic. The forward's log-sum-exp and that row sum are kept in
@@ -39,6 +41,7 @@ import triton.language as tl
 from torch import Tensor
 
 from gvr.errors import ConfigError, InputError
+from gvr.models import attention_gluon
 
 LOG2E = 1.4426950408889634
 HOPPER_SMEM = 228 * 1024  # shared memory of an H100/H200 multiprocessor; 1 KiB of it is reserved per program
@@ -692,11 +695,22 @@ def sparse_local(q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int, int], wi
                  units: Tensor) -> Tensor:
     """Sparse local attention of q, k, v (B, heads, L, D) over the selected `units` (B, heads, G, 1 + k).
 
-    Where no gradient is wanted (inference), the forward skips the log-sum-exp the backward would need."""
+    Where no gradient is wanted (inference), the forward skips the log-sum-exp the backward would need, and on
+    Hopper GPUs it runs the warp-specialised kernel of `attention_gluon` (`inference_forward`)."""
     check(q, window)
     q, k, v = (_rows_contiguous(x) for x in (q, k, v))
     units = units.to(torch.int32).contiguous()
     geo = Geometry(grid, window, q.shape[-1])
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         return _SparseLocal.apply(q, k, v, units, geo)
+    return inference_forward(q, k, v, units, geo)
+
+
+def inference_forward(q: Tensor, k: Tensor, v: Tensor, units: Tensor, geo: Geometry) -> Tensor:
+    """The forward without a gradient: the warp-specialised Gluon kernel where it runs on this machine
+    (`attention_gluon.supported`: Hopper, 16-bit, head dim 64), else this module's kernel without the
+    log-sum-exp. Both give the same output, bit for bit."""
+    window = (geo.WH, geo.WW)
+    if attention_gluon.supported(q, k, v, window):
+        return attention_gluon.forward(q, k, v, units, (geo.T, geo.H, geo.W), window)
     return _forward(q, k, v, units, geo, lse=False)[0]
