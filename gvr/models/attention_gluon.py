@@ -14,12 +14,12 @@ head dim 64, with the gather:
 - a producer warpgroup (56 registers) gathers each tile's q (two 64-row halves) and each selected unit's k
   and v (128 slots) with `cp.async` into one ring of QB query tiles and NS key blocks, in tile order, and
   signals `mbarrier`s; padding slots are zero-filled and cost no memory traffic;
-- three consumer warpgroups (144 registers) take every third 64-row half: per key block one wgmma for
+- three consumer warpgroups (144-168 registers) take every third 64-row half: per key block one wgmma for
   q k^T, the online softmax (exp2 domain, padding slots masked by an additive -inf), one wgmma for p v from
   registers. A tile's two halves run on two consumers at about the same time and share its key blocks;
 - a consumer leaves its normalised output in the tile's query buffer, and the producer stores it to global
-  memory (rows of 16 bytes) before it gathers the next q there: stores issued from the consumers' wgmma
-  layout cost 13% of the kernel at top-1.
+  memory (rows of 16 bytes) before it gathers the next q there: stored by the consumers, the output cost
+  13% of the kernel at top-1.
 On an H200 at 20x68x120 tokens, 24 heads, top-1 this takes 0.89 ms against the Triton kernel's 1.02 ms
 (benchmarks/README.md, "A warp-specialised forward in Gluon").
 """
@@ -41,7 +41,9 @@ except ImportError:  # pragma: no cover - exercised where Triton is older
 
 LOG2E = 1.4426950408889634
 QB, NS = 4, 5  # query tiles and key blocks in the ring: 4 x 16 + 5 x 32 KiB = 224 KiB of shared memory
-CONSUMER_REGS, PRODUCER_REGS = 144, 56  # 3 x 144 + 56 + the default partition's share = 512 a thread x 4 warps
+# Registers of two consumers and the producer; consumer 0, the default partition, gets the rest (168): 512 a thread
+# over the four 4-warp partitions, the whole register file.
+CONSUMER_REGS, PRODUCER_REGS = 144, 56
 CHUNK = 64  # rows per cp.async gather step
 
 
@@ -54,12 +56,14 @@ def supported(q: Tensor, k: Tensor, v: Tensor, window: tuple[int, int]) -> bool:
 
 
 def fits(q: Tensor, k: Tensor, v: Tensor, window: tuple[int, int]) -> bool:
-    """Whether the kernel is written for these inputs: bf16 or fp16 alike, head dim 64, units of 65-128
-    slots (two 64-row query halves, 128-slot key blocks), and every offset it forms (b * stride + h * stride
-    + token * stride + d) within int32."""
+    """Whether the kernel is written for these inputs: bf16 or fp16 alike, head dim 64 and contiguous, rows
+    aligned to 16 bytes (its copies move 16 bytes), units of 65-128 slots (two 64-row query halves, 128-slot
+    key blocks), and every offset it forms (b * stride + h * stride + token * stride + d) within int32."""
     if q.dtype not in (torch.bfloat16, torch.float16) or not q.dtype == k.dtype == v.dtype:
         return False
     if q.shape[-1] != 64 or not 64 < window[0] * window[1] <= 128:
+        return False
+    if any(x.stride(-1) != 1 or any(st % 8 for st in x.stride()[:-1]) or x.data_ptr() % 16 for x in (q, k, v)):
         return False
     return all(sum((n - 1) * s for n, s in zip(x.shape, x.stride())) < 2**31 for x in (q, k, v))
 

@@ -35,9 +35,12 @@ def test_fits_only_the_shapes_and_types_it_is_written_for(dtype, D, window, ok):
     assert AG.fits(q, q, q, window) is ok
 
 
-def test_fits_neither_mixed_types_nor_offsets_past_int32():
+def test_fits_neither_mixed_types_nor_unaligned_rows_nor_offsets_past_int32():
     q = x(1, 2, 108, 64)
     assert not AG.fits(q, q.half(), q, (9, 12))
+    padded = x(1, 2, 108, 68)[..., :64]  # rows of 136 bytes: not all 16-byte aligned
+    assert AG.fits(x(1, 2, 108, 72)[..., :64], q, q, (9, 12)) and not AG.fits(padded, q, q, (9, 12))
+    assert not AG.fits(x(1, 2, 64, 108).transpose(2, 3), q, q, (9, 12))  # head dim not contiguous
     wide = torch.empty(0, dtype=torch.bfloat16, device="meta").as_strided((2, 2, 108, 64), (2**31, 2**30, 64, 1))
     assert not AG.fits(wide, wide, wide, (9, 12))
 
