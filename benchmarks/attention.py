@@ -111,7 +111,8 @@ def triton_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
     yields the unit means (`attention(..., rope=)`). `rope_ms` is that rotation without means (the DiT's
     other layers), `rope_means_ms` with them, `rope_torch_ms` the plain torch rotation they replace;
     `fused_select_ms` = what the means add to the rotation + the pick, and `fused_selection_overhead` its
-    share of the kernel. `layer_ms` / `layer_unfused_ms`: rotation, selection and attention together, with
+    share of the kernel. `read_qk_ms` is torch reading q and k once (two sums), the floor of a standalone
+    selection, which must read both for the means; `read_qk_overhead` its share of the kernel. `layer_ms` / `layer_unfused_ms`: rotation, selection and attention together, with
     the means from the rotation pass / from a pass of their own."""
     from gvr.models import attention_triton as TK
     from gvr.models.rope import apply_rope, rope_table
@@ -123,6 +124,7 @@ def triton_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
     with torch.no_grad():
         parts = {
             "means_ms": timer(lambda: TK.unit_means(q, k, grid, UNIT_WINDOW), (), False),
+            "read_qk_ms": timer(lambda: (q.sum(dtype=torch.float32), k.sum(dtype=torch.float32)), (), False),
             "select_ms": timer(lambda: TK.select_units(q, k, grid, UNIT_WINDOW, topk), (), False),
             "pick_ms": timer(lambda: TK.select_from_means(qm, km, topk), (), False),
             "layout_ms": 0.0,
@@ -138,6 +140,7 @@ def triton_breakdown(q, k, v, grid, topk: int) -> dict[str, float]:
         }
     parts["fused_select_ms"] = max(parts["rope_means_ms"] - parts["rope_ms"], 0.0) + parts["pick_ms"]
     parts["fused_selection_overhead"] = parts["fused_select_ms"] / parts["kernel_ms"]
+    parts["read_qk_overhead"] = parts["read_qk_ms"] / parts["kernel_ms"]
     return parts
 
 

@@ -4,6 +4,8 @@ Sparse local attention's inference forward at 20x68x120 tokens (77 frames at 108
 and 7, on one Hopper GPU: the Triton kernel (`attention_triton._forward` without the log-sum-exp) and the Gluon
 kernel with its defaults and with other sizes of its ring (QB query tiles, NS key blocks), register split and
 gather step, in the same process. Every output is compared with the Triton kernel's (they are bit-identical).
+Each kernel is timed `--repeats` times in turn (a median of CUDA-event timings each); `_ms` is the median of
+those, `_ms_min` / `_ms_max` their spread, which on the H200 is a few percent as its clocks drift.
 Needs a Hopper GPU and Triton >= 3.6 (no interpreter runs Gluon). Results and what they mean: benchmarks/README.md,
 "A warp-specialised forward in Gluon".
 
@@ -15,6 +17,7 @@ import datetime
 import functools
 import json
 import math
+import statistics
 import sys
 
 import torch
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=24)
     parser.add_argument("--topk", default="1,3,7")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per kernel, taken in turn; the median is kept")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
@@ -58,11 +62,17 @@ def main(argv: list[str] | None = None) -> None:
                    for _ in range(3))
         units = TK.select_units(q, k, grid, window, topk).to(torch.int32).contiguous()
         ref = TK._forward(q, k, v, units, geo, lse=False)[0]
-        metrics[f"top{topk}_triton_ms"] = bench(functools.partial(TK._forward, q, k, v, units, geo, lse=False))
+        runs = {"triton": functools.partial(TK._forward, q, k, v, units, geo, lse=False)}
         for name in args.variants.split(","):
-            run = functools.partial(AG.forward, q, k, v, units, grid, window, **VARIANTS[name])
-            metrics[f"top{topk}_{name}_max_abs_diff"] = (run().float() - ref.float()).abs().max().item()
-            metrics[f"top{topk}_{name}_ms"] = bench(run)
+            runs[name] = functools.partial(AG.forward, q, k, v, units, grid, window, **VARIANTS[name])
+            metrics[f"top{topk}_{name}_max_abs_diff"] = (runs[name]().float() - ref.float()).abs().max().item()
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.repeats):  # round robin: the GPU's clocks drift over a run
+            for name, run in runs.items():
+                times[name].append(bench(run))
+        for name, ms in times.items():
+            metrics[f"top{topk}_{name}_ms"] = statistics.median(ms)
+            metrics[f"top{topk}_{name}_ms_min"], metrics[f"top{topk}_{name}_ms_max"] = min(ms), max(ms)
         print({k: round(v, 4) for k, v in metrics.items() if k.startswith(f"top{topk}_")}, flush=True)
     if args.out:
         result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

@@ -19,8 +19,10 @@ head dim 64, with the gather:
   registers. A tile's two halves run on two consumers at about the same time and share its key blocks;
 - a consumer leaves its normalised output in the tile's query buffer, and the producer stores it to global
   memory (rows of 16 bytes) before it gathers the next q there: stored by the consumers, the output cost
-  13% of the kernel at top-1.
-On an H200 at 20x68x120 tokens, 24 heads, top-1 this takes 0.89 ms against the Triton kernel's 1.02 ms
+  13% of the kernel at top-1;
+- a unit whose tokens all lie in its first 64 slots (a cut last row of units, as 68 token rows leave of 9x12
+  units) has an empty second query half, which is neither gathered, computed nor stored.
+On an H200 at 20x68x120 tokens, 24 heads, top-1 this takes 0.88-0.95 ms against the Triton kernel's 1.02-1.07 ms
 (benchmarks/README.md, "A warp-specialised forward in Gluon").
 """
 
@@ -128,6 +130,13 @@ if gluon is not None:
         return origin + (slot // WW) * W + slot % WW, valid
 
     @gluon.jit
+    def _has_second_half(rows, cols, WW: gl.constexpr):
+        """Whether a unit of `rows` x `cols` tokens has a token in slots 64-127 (its last token is at slot
+        (rows - 1) * WW + cols - 1): the paper's 9x12 units on 68 token rows leave a last row of units of 5 x 12,
+        whose second query half holds none."""
+        return (rows - 1) * WW + cols > 64
+
+    @gluon.jit
     def _tile(tile, G: gl.constexpr, HEADS):
         """Batch, head and query unit of a tile (tiles run over units first, then heads, then the batch)."""
         bh = tile // G
@@ -160,9 +169,11 @@ if gluon is not None:
         """The output of `tile`, left by the consumers in query buffer qi (two 64-row halves)."""
         b, h, g = _tile(tile, G, HEADS)
         origin, rows, cols = _unit(g, H, W, GH, GW, WH, WW)
-        for hf in gl.static_range(2):
-            _store_rows(Out + b * sob + h * soh, q_bufs.index(2 * qi + hf).load(ROWS_16B), origin, rows, cols,
-                        hf * 64, sol, ROWS_16B, W, WH, WW)
+        _store_rows(Out + b * sob + h * soh, q_bufs.index(2 * qi).load(ROWS_16B), origin, rows, cols, 0, sol,
+                    ROWS_16B, W, WH, WW)
+        if _has_second_half(rows, cols, WW):
+            _store_rows(Out + b * sob + h * soh, q_bufs.index(2 * qi + 1).load(ROWS_16B), origin, rows, cols, 64,
+                        sol, ROWS_16B, W, WH, WW)
 
     @gluon.jit
     def _producer(Q, K, V, Out, UNITS, q_bufs, k_bufs, v_bufs, q_ready, q_empty, kv_ready, kv_empty, n_tiles,
@@ -184,9 +195,10 @@ if gluon is not None:
             if i >= QB:
                 _store_tile(Out, q_bufs, qi, tile - QB * nprog, HEADS, sob, soh, sol, G, H, W, GH, GW, WH, WW)
                 _barrier()
-            for hf in gl.static_range(2):
-                _gather(q_bufs.index(2 * qi + hf), Q + b * sqb + h * sqh, origin, rows, cols, sql, hf * 64, 64, W,
-                        WH, WW, CHUNK)
+            _gather(q_bufs.index(2 * qi), Q + b * sqb + h * sqh, origin, rows, cols, sql, 0, 64, W, WH, WW, CHUNK)
+            if _has_second_half(rows, cols, WW):  # else the consumers skip it
+                _gather(q_bufs.index(2 * qi + 1), Q + b * sqb + h * sqh, origin, rows, cols, sql, 64, 64, W, WH, WW,
+                        CHUNK)
             async_copy.mbarrier_arrive(q_ready.index(qi), increment_count=False)
             for j in range(N_SEL):
                 u = gl.load(UNITS + tile * N_SEL + j)
@@ -209,7 +221,8 @@ if gluon is not None:
                   WH: gl.constexpr, WW: gl.constexpr, N_SEL: gl.constexpr, NS: gl.constexpr, QB: gl.constexpr):
         """Every third 64-row half of the program's tiles, starting at half c. Per key block: S = q k^T in the exp2
         domain with the padding slots at -inf, the online softmax, O += p v (each selected unit's index is loaded a
-        block ahead); the normalised O goes back into the query half's buffer for the producer to store."""
+        block ahead); the normalised O goes back into the query half's buffer for the producer to store. A second
+        half without tokens computes nothing: it only releases its key blocks."""
         pid = gl.program_id(0)
         nprog = gl.num_programs(0)
         for half in range(c, 2 * ((n_tiles - pid + nprog - 1) // nprog), 3):
@@ -217,12 +230,14 @@ if gluon is not None:
             qi = i % QB
             tile = pid + i * nprog
             qh = q_bufs.index(2 * qi + half % 2)
+            q_origin, q_rows, q_cols = _unit(tile % G, H, W, GH, GW, WH, WW)  # q_origin unused
+            n_busy = N_SEL * ((half % 2 == 0) | _has_second_half(q_rows, q_cols, WW)).to(gl.int32)
             u = gl.load(UNITS + tile * N_SEL)
             m = gl.full([64], float("-inf"), gl.float32, ROW_S)
             rowsum = gl.zeros([64], gl.float32, ROW_S)
             o = gl.zeros([64, 64], gl.float32, O_LAYOUT)
             mbarrier.wait(q_ready.index(qi), (i // QB) & 1)
-            for j in range(N_SEL):
+            for j in range(n_busy):
                 n = i * N_SEL + j
                 origin, rows, cols = _unit(u, H, W, GH, GW, WH, WW)
                 _, valid = _slot_tokens(origin, rows, cols, gl.arange(0, 128, layout=COL_S), W, WH, WW)
@@ -239,6 +254,10 @@ if gluon is not None:
                 m = m_new
                 o = o * gl.convert_layout(alpha, ROW_O)[:, None]
                 o = warpgroup_mma(gl.convert_layout(p.to(v_bufs.dtype), P_LAYOUT), v_bufs.index(n % NS), o)
+                mbarrier.arrive(kv_empty.index(n % NS), count=1)
+            for j in range(n_busy, N_SEL):  # skipped blocks are released once they are in, keeping the phases
+                n = i * N_SEL + j
+                mbarrier.wait(kv_ready.index(n % NS), (n // NS) & 1)
                 mbarrier.arrive(kv_empty.index(n % NS), count=1)
             qh.store((o * gl.convert_layout(1.0 / rowsum, ROW_O)[:, None]).to(qh.dtype))
             _barrier()
