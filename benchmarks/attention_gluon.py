@@ -5,7 +5,11 @@ and 7, on one Hopper GPU: the Triton kernel (`attention_triton._forward` without
 kernel with its defaults and with other sizes of its ring (QB query tiles, NS key blocks), register split and
 gather step, in the same process. Every output is compared with the Triton kernel's (they are bit-identical).
 Each kernel is timed `--repeats` times in turn (a median of CUDA-event timings each); `_ms` is the median of
-those, `_ms_min` / `_ms_max` their spread, which on the H200 is a few percent as its clocks drift.
+those, `_ms_min` / `_ms_max` their spread, which on the H200 is a few percent as its clocks drift. While each
+timing runs, a thread reads the GPU's SM clock, power and NVML's reasons for a clock below the maximum every
+few milliseconds (where `pynvml` is importable): `_mhz` is the median of the timings' mean clocks, `_mhz_min` /
+`_mhz_max` their spread, `_mcycles` the median of ms x MHz (millions of SM cycles a call takes), and `_rounds`
+lists each timing with its clock, power and reasons, so that a slow round can be told from a lower clock.
 Needs a Hopper GPU and Triton >= 3.6 (no interpreter runs Gluon). Results and what they mean: benchmarks/README.md,
 "A warp-specialised forward in Gluon".
 
@@ -19,6 +23,7 @@ import json
 import math
 import statistics
 import sys
+import threading
 
 import torch
 import triton
@@ -36,6 +41,53 @@ def bench(fn) -> float:
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+# NVML's reasons for holding the clocks below their maximum (nvmlClocksEventReason* bits)
+CLOCK_REASONS = {0x1: "idle", 0x2: "application clocks", 0x4: "power cap", 0x8: "hardware slowdown",
+                 0x10: "sync boost", 0x20: "thermal (software)", 0x40: "thermal (hardware)", 0x80: "power brake"}
+
+
+class GPUState:
+    """The GPU's SM clock and power over a `with` block, read through NVML every `period` seconds on a thread:
+    `mhz` and `watts` are their means, `reasons` the names of the reasons NVML gave for clocks below the maximum.
+    All None where pynvml is missing."""
+
+    def __init__(self, period: float = 0.002):
+        self.period, self.mhz, self.watts, self.reasons = period, None, None, None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+            reasons = (getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                       or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons)
+            self._read = lambda: (pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                                  pynvml.nvmlDeviceGetPowerUsage(handle) / 1000, reasons(handle))
+        except Exception:  # no NVML here: timings go unannotated
+            self._read = None
+
+    def __enter__(self):
+        self._samples, self._stop = [], threading.Event()
+        if self._read is not None:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(self.period):
+            self._samples.append(self._read())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._read is None:
+            return
+        self._thread.join()
+        if self._samples:
+            mhz, watts, masks = zip(*self._samples)
+            self.mhz, self.watts = statistics.fmean(mhz), statistics.fmean(watts)
+            union = functools.reduce(lambda x, y: x | y, masks)
+            self.reasons = [name for bit, name in CLOCK_REASONS.items() if union & bit]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,13 +119,26 @@ def main(argv: list[str] | None = None) -> None:
             runs[name] = functools.partial(AG.forward, q, k, v, units, grid, window, **VARIANTS[name])
             metrics[f"top{topk}_{name}_max_abs_diff"] = (runs[name]().float() - ref.float()).abs().max().item()
         times: dict[str, list[float]] = {name: [] for name in runs}
+        states: dict[str, list[GPUState]] = {name: [] for name in runs}
         for _ in range(args.repeats):  # round robin: the GPU's clocks drift over a run
             for name, run in runs.items():
-                times[name].append(bench(run))
+                with GPUState() as state:
+                    times[name].append(bench(run))
+                states[name].append(state)
         for name, ms in times.items():
             metrics[f"top{topk}_{name}_ms"] = statistics.median(ms)
             metrics[f"top{topk}_{name}_ms_min"], metrics[f"top{topk}_{name}_ms_max"] = min(ms), max(ms)
-        print({k: round(v, 4) for k, v in metrics.items() if k.startswith(f"top{topk}_")}, flush=True)
+            if all(st.mhz is not None for st in states[name]):
+                mhz = [st.mhz for st in states[name]]
+                metrics[f"top{topk}_{name}_mhz"] = statistics.median(mhz)
+                metrics[f"top{topk}_{name}_mhz_min"], metrics[f"top{topk}_{name}_mhz_max"] = min(mhz), max(mhz)
+                # SM cycles a call takes: steadier than ms where the clock moves (the memory's clock does not)
+                metrics[f"top{topk}_{name}_mcycles"] = statistics.median(t * f / 1e3 for t, f in zip(ms, mhz))
+                metrics[f"top{topk}_{name}_rounds"] = [
+                    {"ms": round(t, 4), "mhz": round(st.mhz), "watts": round(st.watts), "clock_reasons": st.reasons}
+                    for t, st in zip(ms, states[name])]
+        print({k: v if isinstance(v, list) else round(v, 4) for k, v in metrics.items()
+               if k.startswith(f"top{topk}_")}, flush=True)
     if args.out:
         result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                   "date": datetime.date.today().isoformat(),

@@ -22,8 +22,9 @@ head dim 64, with the gather:
   13% of the kernel at top-1;
 - a unit whose tokens all lie in its first 64 slots (a cut last row of units, as 68 token rows leave of 9x12
   units) has an empty second query half, which is neither gathered, computed nor stored.
-On an H200 at 20x68x120 tokens, 24 heads, top-1 this takes 0.88-0.95 ms against the Triton kernel's 1.02-1.07 ms
-(benchmarks/README.md, "A warp-specialised forward in Gluon").
+On an H200 at 20x68x120 tokens, 24 heads, top-1 this takes 1.62-1.68 M SM cycles against the Triton kernel's
+1.93-2.00 M: 0.82-0.85 ms at the full 1.98 GHz, 0.89-0.97 ms at the 1.7-1.9 GHz the card holds under its power
+cap (benchmarks/README.md, "A warp-specialised forward in Gluon").
 """
 
 from __future__ import annotations
