@@ -5,7 +5,7 @@ and 7, on one Hopper GPU: the Triton kernel (`attention_triton._forward` without
 kernel with its defaults and with other sizes of its ring (QB query tiles, NS key blocks), register split and
 gather step, in the same process. Every output is compared with the Triton kernel's (they are bit-identical).
 Each kernel is timed `--repeats` times in turn (a median of CUDA-event timings each); `_ms` is the median of
-those, `_ms_min` / `_ms_max` their spread, which on the H200 is a few percent as its clocks drift. While each
+those, `_ms_min` / `_ms_max` their spread, a few percent on the H200, whose power cap moves its SM clock. While each
 timing runs, a thread reads the GPU's SM clock, power and NVML's reasons for a clock below the maximum every
 few milliseconds (where `pynvml` is importable): `_mhz` is the median of the timings' mean clocks, `_mhz_min` /
 `_mhz_max` their spread, `_mcycles` the median of ms x MHz (millions of SM cycles a call takes), and `_rounds`
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics[f"top{topk}_{name}_max_abs_diff"] = (runs[name]().float() - ref.float()).abs().max().item()
         times: dict[str, list[float]] = {name: [] for name in runs}
         states: dict[str, list[GPUState]] = {name: [] for name in runs}
-        for _ in range(args.repeats):  # round robin: the GPU's clocks drift over a run
+        for _ in range(args.repeats):  # round robin: the GPU's clock moves over a run
             for name, run in runs.items():
                 with GPUState() as state:
                     times[name].append(bench(run))
