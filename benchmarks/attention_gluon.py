@@ -10,10 +10,18 @@ timing runs, a thread reads the GPU's SM clock, power and NVML's reasons for a c
 few milliseconds (where `pynvml` is importable): `_mhz` is the median of the timings' mean clocks, `_mhz_min` /
 `_mhz_max` their spread, `_mcycles` the median of ms x MHz (millions of SM cycles a call takes), and `_rounds`
 lists each timing with its clock, power and reasons, so that a slow round can be told from a lower clock.
+`_tflops` counts the work on the keys each query attends, as `attention.py` does.
+
+do_bench flushes the L2 cache before every call, and its flush (a 256 MB write) draws power too. With
+`--sustained CALLS` the Triton kernel and the `--sustained-variants` are also run CALLS times back to back (no
+flush, no gap: a steady stream of calls), in turn, three rounds: `_sustained_ms` a call, `_sustained_mj`
+the energy a call (NVML's energy counter), `_sustained_watts` the mean power, `_sustained_tflops`. While the card
+is held at its power cap, a call's time is its energy over the cap, so `_sustained_mj` is what a faster
+kernel under the cap has to lower.
 Needs a Hopper GPU and Triton >= 3.6 (no interpreter runs Gluon). Results and what they mean: benchmarks/README.md,
 "A warp-specialised forward in Gluon".
 
-    python benchmarks/attention_gluon.py --out benchmarks/results/attention-gluon-nvidia-h200.json
+    python benchmarks/attention_gluon.py --sustained 2000 --out benchmarks/results/attention-gluon-nvidia-h200.json
 """
 
 import argparse
@@ -24,6 +32,7 @@ import math
 import statistics
 import sys
 import threading
+import time
 
 import torch
 import triton
@@ -50,11 +59,11 @@ CLOCK_REASONS = {0x1: "idle", 0x2: "application clocks", 0x4: "power cap", 0x8: 
 
 class GPUState:
     """The GPU's SM clock and power over a `with` block, read through NVML every `period` seconds on a thread:
-    `mhz` and `watts` are their means, `reasons` the names of the reasons NVML gave for clocks below the maximum.
-    All None where pynvml is missing."""
+    `mhz` and `watts` are their means, `reasons` the names of the reasons NVML gave for clocks below the maximum,
+    `mj` the energy used (millijoules, NVML's counter). All None where pynvml is missing."""
 
     def __init__(self, period: float = 0.002):
-        self.period, self.mhz, self.watts, self.reasons = period, None, None, None
+        self.period, self.mhz, self.watts, self.reasons, self.mj = period, None, None, None, None
         try:
             import pynvml
 
@@ -64,12 +73,14 @@ class GPUState:
                        or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons)
             self._read = lambda: (pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
                                   pynvml.nvmlDeviceGetPowerUsage(handle) / 1000, reasons(handle))
+            self._energy = lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
         except Exception:  # no NVML here: timings go unannotated
             self._read = None
 
     def __enter__(self):
         self._samples, self._stop = [], threading.Event()
         if self._read is not None:
+            self._mj0 = self._energy()
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
         return self
@@ -83,11 +94,24 @@ class GPUState:
         if self._read is None:
             return
         self._thread.join()
+        self.mj = self._energy() - self._mj0
         if self._samples:
             mhz, watts, masks = zip(*self._samples)
             self.mhz, self.watts = statistics.fmean(mhz), statistics.fmean(watts)
             union = functools.reduce(lambda x, y: x | y, masks)
             self.reasons = [name for bit, name in CLOCK_REASONS.items() if union & bit]
+
+
+def sustained(fn, calls: int) -> tuple[float, GPUState]:
+    """Milliseconds a call over `calls` calls launched back to back, and the GPU's state over them."""
+    torch.cuda.synchronize()
+    with GPUState() as state:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - start) * 1e3 / calls
+    return ms, state
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,10 +121,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topk", default="1,3,7")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     parser.add_argument("--repeats", type=int, default=5, help="timings per kernel, taken in turn; the median is kept")
+    parser.add_argument("--sustained", type=int, default=0, help="calls back to back per sustained round (0: none)")
+    parser.add_argument("--sustained-variants", default="default", help="VARIANTS also run back to back")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         sys.exit("benchmarks/attention_gluon.py needs a Hopper GPU")
+    from attention import attended_pairs  # benchmarks/attention.py: the goal's count of attended keys
+
     from gvr.models import attention_gluon as AG
     from gvr.models import attention_triton as TK
 
@@ -114,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                    for _ in range(3))
         units = TK.select_units(q, k, grid, window, topk).to(torch.int32).contiguous()
         ref = TK._forward(q, k, v, units, geo, lse=False)[0]
+        gflop = 4 * 64 * attended_pairs(None, q, k, grid, f"sparse_local_top{topk}") / 1e9
+        metrics[f"top{topk}_gflop"] = gflop
         runs = {"triton": functools.partial(TK._forward, q, k, v, units, geo, lse=False)}
         for name in args.variants.split(","):
             runs[name] = functools.partial(AG.forward, q, k, v, units, grid, window, **VARIANTS[name])
@@ -127,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                 states[name].append(state)
         for name, ms in times.items():
             metrics[f"top{topk}_{name}_ms"] = statistics.median(ms)
+            metrics[f"top{topk}_{name}_tflops"] = gflop / statistics.median(ms)
             metrics[f"top{topk}_{name}_ms_min"], metrics[f"top{topk}_{name}_ms_max"] = min(ms), max(ms)
             if all(st.mhz is not None for st in states[name]):
                 mhz = [st.mhz for st in states[name]]
@@ -137,6 +168,23 @@ def main(argv: list[str] | None = None) -> None:
                 metrics[f"top{topk}_{name}_rounds"] = [
                     {"ms": round(t, 4), "mhz": round(st.mhz), "watts": round(st.watts), "clock_reasons": st.reasons}
                     for t, st in zip(ms, states[name])]
+        if args.sustained:  # a steady stream of calls, without do_bench's L2 flush between them
+            steady = {name: runs[name] for name in ["triton", *args.sustained_variants.split(",")]}
+            rounds: dict[str, list] = {name: [] for name in steady}
+            for _ in range(3):
+                for name, run in steady.items():
+                    rounds[name].append(sustained(run, args.sustained))
+            for name, rr in rounds.items():
+                key = f"top{topk}_{name}_sustained"
+                metrics[f"{key}_ms"] = statistics.median(ms for ms, _ in rr)
+                metrics[f"{key}_tflops"] = gflop / metrics[f"{key}_ms"]
+                if all(st.mj is not None for _, st in rr):
+                    metrics[f"{key}_mj"] = statistics.median(st.mj / args.sustained for _, st in rr)
+                    metrics[f"{key}_watts"] = statistics.median(st.watts for _, st in rr)
+                    metrics[f"{key}_mhz"] = statistics.median(st.mhz for _, st in rr)
+                    metrics[f"{key}_rounds"] = [
+                        {"ms": round(ms, 4), "mj": round(st.mj / args.sustained, 1), "mhz": round(st.mhz),
+                         "watts": round(st.watts), "clock_reasons": st.reasons} for ms, st in rr]
         print({k: v if isinstance(v, list) else round(v, 4) for k, v in metrics.items()
                if k.startswith(f"top{topk}_")}, flush=True)
     if args.out:

@@ -23,8 +23,9 @@ head dim 64, with the gather:
 - a unit whose tokens all lie in its first 64 slots (a cut last row of units, as 68 token rows leave of 9x12
   units) has an empty second query half, which is neither gathered, computed nor stored.
 On an H200 at 20x68x120 tokens, 24 heads, top-1 this takes 1.62-1.68 M SM cycles against the Triton kernel's
-1.93-2.00 M: 0.82-0.85 ms at the full 1.98 GHz, 0.89-0.97 ms at the 1.7-1.9 GHz the card holds under its power
-cap (benchmarks/README.md, "A warp-specialised forward in Gluon").
+1.93-2.00 M: 0.82-0.85 ms at the full 1.98 GHz, 0.86-0.97 ms at the 1.7-1.9 GHz the card holds under its power
+cap; in a steady stream of calls 0.915 ms and 626 mJ a call against 1.068 ms and 727 mJ (benchmarks/README.md,
+"A warp-specialised forward in Gluon").
 """
 
 from __future__ import annotations
